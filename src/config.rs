@@ -1,0 +1,169 @@
+//! The speaker's configuration: the data model.
+//!
+//! Keys are kebab-case and spelled like librespot's flags where they overlap, so one name works
+//! in the TOML file, as `--flag` and as `PISPEAKER_FLAG`. Precedence: CLI > env > file > defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audio::VolumeCurveKind;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pispeaker/config.toml";
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/pispeaker";
+
+/// Spotify streaming bitrate in kbit/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub enum Bitrate {
+    Kbps96,
+    Kbps160,
+    Kbps320,
+}
+
+/// Which mixer carries the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MixerKind {
+    /// The ALSA hardware control (falls back to software volume if the device has none).
+    Alsa,
+    /// Software volume in the player.
+    Softvol,
+}
+
+/// The whole configuration after merging all sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Name shown in the Spotify app (and Jellyfin).
+    pub name: String,
+    /// Icon shown in the Spotify app: speaker, avr, stb, audiodongle, ...
+    pub device_type: String,
+    pub bitrate: Bitrate,
+    /// Volume (percent) for the very first connection of a fresh install.
+    pub initial_volume: u8,
+    /// ALSA PCM for playback.
+    pub device: String,
+    pub mixer: MixerKind,
+    pub alsa_mixer_device: String,
+    pub alsa_mixer_control: String,
+    pub alsa_mixer_index: u32,
+    pub volume_ctrl: VolumeCurveKind,
+    /// dB range of the log and cubic curves.
+    pub volume_range: f64,
+    /// State directory: credentials, device id, tokens. Must be writable.
+    pub cache: PathBuf,
+    /// TCP port of the zeroconf HTTP endpoint; 0 picks a free one.
+    pub zeroconf_port: u16,
+    pub disable_discovery: bool,
+    /// Board preset name from `board/presets` (sets device, mixer control and curve).
+    pub board: Option<String>,
+    pub reconnect: ReconnectConfig,
+    pub status: StatusConfig,
+    pub jellyfin: JellyfinConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ReconnectConfig {
+    /// Seconds to wait for Spotify's automatic transfer after a reconnect before the speaker
+    /// asks for the transfer itself.
+    pub transfer_timeout_secs: u64,
+    /// First backoff delay and cap, in seconds.
+    pub backoff_initial_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct StatusConfig {
+    pub enabled: bool,
+    /// Listen address of the read-only status page.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct JellyfinConfig {
+    pub enabled: bool,
+    /// `http(s)://host[:port][/base]`.
+    pub server: Option<String>,
+    /// A token written by the user's own provisioning; read once and moved into the state dir.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "pispeaker".into(),
+            device_type: "speaker".into(),
+            bitrate: Bitrate::Kbps320,
+            initial_volume: 50,
+            device: "default".into(),
+            mixer: MixerKind::Alsa,
+            alsa_mixer_device: "default".into(),
+            alsa_mixer_control: "PCM".into(),
+            alsa_mixer_index: 0,
+            volume_ctrl: VolumeCurveKind::Log,
+            volume_range: 60.0,
+            cache: PathBuf::from(DEFAULT_CACHE_DIR),
+            zeroconf_port: 0,
+            disable_discovery: false,
+            board: None,
+            reconnect: ReconnectConfig::default(),
+            status: StatusConfig::default(),
+            jellyfin: JellyfinConfig::default(),
+        }
+    }
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        Self {
+            transfer_timeout_secs: 10,
+            backoff_initial_secs: 1,
+            backoff_max_secs: 60,
+        }
+    }
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:7070".into(),
+        }
+    }
+}
+
+impl Default for JellyfinConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            server: None,
+            token_file: None,
+        }
+    }
+}
+
+impl TryFrom<u32> for Bitrate {
+    type Error = String;
+    fn try_from(kbps: u32) -> Result<Self, Self::Error> {
+        match kbps {
+            96 => Ok(Self::Kbps96),
+            160 => Ok(Self::Kbps160),
+            320 => Ok(Self::Kbps320),
+            other => Err(format!("bitrate {other} is not one of 96, 160, 320")),
+        }
+    }
+}
+
+impl From<Bitrate> for u32 {
+    fn from(b: Bitrate) -> u32 {
+        match b {
+            Bitrate::Kbps96 => 96,
+            Bitrate::Kbps160 => 160,
+            Bitrate::Kbps320 => 320,
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Spotify Connect: session, supervisor, discovery, credentials.
+pub mod control;

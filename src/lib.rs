@@ -1,0 +1,15 @@
+//! pispeaker: a Spotify Connect (and Jellyfin) network speaker for the Raspberry Pi.
+//!
+//! Start with `ARCHITECTURE.md` at the top of the repository: it maps these modules.
+
+pub mod audio;
+pub mod board;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod daemon;
+pub mod jellyfin;
+pub mod logging;
+pub mod state;
+pub mod status;
+pub mod systemd;
