@@ -1,2 +1,3 @@
 //! Spotify Connect: session, supervisor, discovery, credentials.
 pub mod control;
+pub mod credentials;
