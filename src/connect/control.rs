@@ -19,7 +19,9 @@ pub enum Command {
     Stop,
     Next,
     Previous,
-    Seek { position_ms: u32 },
+    Seek {
+        position_ms: u32,
+    },
     /// Volume on Spotify's 0..=65535 scale.
     SetVolume(u16),
     VolumeUp,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian/Ubuntu machine, then runs every check CI runs:
+# formatting, clippy, the host test suite (including the network-namespace tests, which need
+# root), the unit-file checks, and the armv7 build + tests under qemu.
+#
+#   bash scripts/test.sh            # everything
+#   SKIP_ARMV7=1 bash scripts/test.sh   # host only (faster while iterating)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "error: installing packages and the namespace tests need root; run as root or install sudo" >&2
+    exit 1
+  fi
+fi
+
+# Debian packages: ALSA headers for the alsa crate, pkg-config, ip/iptables for the namespace
+# tests, systemd-analyze for the unit checks.
+need_pkgs=()
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  step "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || $SUDO apt-get update -qq -o Acquire::Retries=3 || true
+  $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+# Rust: the rustup toolchain with rustfmt and clippy.
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; else
+    echo "error: no cargo found. Install rustup (https://rustup.rs) and run this again." >&2
+    exit 1
+  fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+started=$(date +%s)
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test (host)"
+$SUDO env "PATH=$PATH" "HOME=$HOME" ${CARGO_HOME:+"CARGO_HOME=$CARGO_HOME"} ${RUSTUP_HOME:+"RUSTUP_HOME=$RUSTUP_HOME"} \
+  cargo test --locked --all-targets -- --nocapture 2>&1 | tee /tmp/pispeaker-host-tests.log
+grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{p+=$4; f+=$6} END {print "host tests: " p " passed, " f " failed"}'
+
+if [ -z "${SKIP_ARMV7:-}" ] && [ -x scripts/cross-armv7.sh ]; then
+  step "armv7: build, tests under qemu, .deb"
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-armv7.sh ci
+fi
+echo
+echo "all checks passed in $(( $(date +%s) - started )) s"

@@ -1,0 +1,320 @@
+//! The access-point link: finding this process's TCP connection to Spotify's access point and
+//! making the kernel notice quickly when it is dead.
+//!
+//! librespot notices a silently dropped connection (a Wi-Fi roam, a router reboot, an iptables
+//! DROP) only through its keep-alive, which takes up to two minutes. TCP itself can do better:
+//! with `SO_KEEPALIVE` and `TCP_USER_TIMEOUT` on the socket, the kernel errors the connection once
+//! the peer stops acknowledging, librespot's reader sees the error, the session is invalidated and
+//! the supervisor reconnects. librespot does not hand out its socket, but it lives in our process:
+//! we find it through `/proc/self/net/tcp*` (remote port 4070) and `/proc/self/fd`, and set the
+//! options on that descriptor. The same parsing serves `pispeaker drop-test`, which looks for the
+//! daemon's connection from outside.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::time::Duration;
+
+/// The access point's preferred port. (librespot falls back to 443 and 80 behind firewalls; those
+/// connections cannot be told apart from HTTPS, so only 4070 is tuned.)
+pub const AP_PORT: u16 = 4070;
+
+/// TCP state `ESTABLISHED` in `/proc/net/tcp`.
+const TCP_ESTABLISHED: u8 = 0x01;
+
+/// One row of `/proc/<pid>/net/tcp` or `tcp6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConnection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+    pub inode: u64,
+}
+
+impl TcpConnection {
+    pub fn is_established(&self) -> bool {
+        self.state == TCP_ESTABLISHED
+    }
+}
+
+/// How fast a dead link is declared dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTuning {
+    /// Idle time before the first keep-alive probe.
+    pub keepalive_idle: Duration,
+    /// Time between probes.
+    pub keepalive_interval: Duration,
+    /// Unanswered probes before the kernel gives up.
+    pub keepalive_count: u32,
+    /// Longest time sent data may stay unacknowledged (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
+}
+
+impl Default for LinkTuning {
+    /// About 25 s from the last sign of life to a dead socket, against librespot's ~2 min. The
+    /// probes are 54-byte packets every few seconds on an idle link only: nothing on a Pi.
+    fn default() -> Self {
+        Self {
+            keepalive_idle: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_count: 3,
+            user_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Parses the text of `/proc/net/tcp` (IPv4) or `/proc/net/tcp6` (IPv6). Malformed rows are
+/// skipped: the kernel's format is stable, but a parse error must never take the daemon down.
+pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpConnection> {
+    text.lines().skip(1).filter_map(parse_row).collect()
+}
+
+fn parse_row(line: &str) -> Option<TcpConnection> {
+    let mut fields = line.split_whitespace();
+    let _slot = fields.next()?;
+    let local = parse_endpoint(fields.next()?)?;
+    let remote = parse_endpoint(fields.next()?)?;
+    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+    // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, inode
+    let inode = fields.nth(5)?.parse().ok()?;
+    Some(TcpConnection {
+        local,
+        remote,
+        state,
+        inode,
+    })
+}
+
+/// `0100007F:0FE6` (IPv4) or 32 hex digits `:port` (IPv6); addresses are in host byte order per
+/// 32-bit word.
+fn parse_endpoint(field: &str) -> Option<SocketAddr> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match addr.len() {
+        8 => {
+            let word = u32::from_str_radix(addr, 16).ok()?;
+            IpAddr::V4(Ipv4Addr::from(word.swap_bytes()))
+        }
+        32 => {
+            let mut octets = [0u8; 16];
+            for (i, chunk) in octets.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.swap_bytes().to_be_bytes());
+            }
+            let v6 = Ipv6Addr::from(octets);
+            // An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Established TCP connections of a process (`None` = this process) whose remote port is `port`.
+pub fn connections_to_port(pid: Option<u32>, port: u16) -> io::Result<Vec<TcpConnection>> {
+    let base = match pid {
+        Some(pid) => format!("/proc/{pid}/net"),
+        // thread-self: the namespace of the calling thread (all of the daemon's threads share one;
+        // a test thread that joined a namespace sees that namespace).
+        None => "/proc/thread-self/net".to_string(),
+    };
+    let mut found = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        match fs::read_to_string(Path::new(&base).join(file)) {
+            Ok(text) => found.extend(
+                parse_proc_net_tcp(&text)
+                    .into_iter()
+                    .filter(|c| c.is_established() && c.remote.port() == port),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// The descriptors of this process that are the socket with `inode`.
+fn own_fds_for_inode(inode: u64) -> io::Result<Vec<RawFd>> {
+    let wanted = format!("socket:[{inode}]");
+    let mut fds = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue; // closed between readdir and readlink
+        };
+        if target.as_os_str() == wanted.as_str() {
+            if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                fds.push(fd);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+/// Sets keep-alive and user-timeout options on a connected TCP socket.
+pub fn tune_fd(fd: RawFd, tuning: &LinkTuning) -> io::Result<()> {
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        clamp_secs(tuning.keepalive_idle),
+    )?;
+    set_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        clamp_secs(tuning.keepalive_interval),
+    )?;
+    set_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        i32::try_from(tuning.keepalive_count.max(1)).unwrap_or(i32::MAX),
+    )?;
+    set_opt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        i32::try_from(tuning.user_timeout.as_millis()).unwrap_or(i32::MAX),
+    )
+}
+
+fn clamp_secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+}
+
+fn set_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed; setsockopt only reads it. A stale
+    // or non-socket fd makes the call fail with EBADF/ENOTSOCK, which we return.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Tunes this process's access-point connections, each once. Called every few seconds by the
+/// supervisor's watchdog, so a reconnect's new socket is tuned within one poll.
+#[derive(Debug, Default)]
+pub struct ApLinkTuner {
+    tuning: LinkTuning,
+    port: u16,
+    tuned: HashSet<u64>,
+}
+
+impl ApLinkTuner {
+    pub fn new(port: u16, tuning: LinkTuning) -> Self {
+        Self {
+            tuning,
+            port,
+            tuned: HashSet::new(),
+        }
+    }
+
+    /// Tunes new connections; returns the ones tuned by this call.
+    pub fn tune_new(&mut self) -> io::Result<Vec<TcpConnection>> {
+        let current = connections_to_port(None, self.port)?;
+        // Forget sockets that are gone so the set stays small over months of uptime.
+        self.tuned
+            .retain(|inode| current.iter().any(|c| c.inode == *inode));
+        let mut newly = Vec::new();
+        for conn in current {
+            if conn.inode == 0 || self.tuned.contains(&conn.inode) {
+                continue;
+            }
+            for fd in own_fds_for_inode(conn.inode)? {
+                tune_fd(fd, &self.tuning)?;
+            }
+            self.tuned.insert(conn.inode);
+            newly.push(conn);
+        }
+        Ok(newly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    const SAMPLE_V4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0FE6 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0200000A:A2F4 1E2A1FC1:0FE6 01 00000000:00000000 02:00000A1B 00000000  1000        0 67890 2 0000000000000000 20 4 30 10 -1
+   2: garbage
+";
+
+    #[test]
+    fn parses_ipv4_rows_and_skips_garbage() {
+        let rows = parse_proc_net_tcp(SAMPLE_V4);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].local, "127.0.0.1:4070".parse().unwrap());
+        assert!(!rows[0].is_established());
+        assert_eq!(rows[1].local, "10.0.0.2:41716".parse().unwrap());
+        assert_eq!(rows[1].remote, "193.31.42.30:4070".parse().unwrap());
+        assert!(rows[1].is_established());
+        assert_eq!(rows[1].inode, 67890);
+    }
+
+    #[test]
+    fn parses_ipv6_and_v4_mapped_rows() {
+        let text = "header
+   0: 00000000000000000000000001000000:1F90 B80D0120000000000000000001000000:0FE6 01 00000000:00000000 00:00000000 00000000 0 0 111 1 0 0 0 0 0
+   1: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000200000A:0FE6 01 00000000:00000000 00:00000000 00000000 0 0 222 1 0 0 0 0 0
+";
+        let rows = parse_proc_net_tcp(text);
+        assert_eq!(rows[0].local, "[::1]:8080".parse().unwrap());
+        assert_eq!(rows[0].remote, "[2001:db8::1]:4070".parse().unwrap());
+        assert_eq!(rows[1].local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(rows[1].remote, "10.0.0.2:4070".parse().unwrap());
+    }
+
+    #[test]
+    fn finds_and_tunes_our_own_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        let ours = connections_to_port(None, port).unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].local, client.local_addr().unwrap());
+
+        let mut tuner = ApLinkTuner::new(port, LinkTuning::default());
+        assert_eq!(tuner.tune_new().unwrap().len(), 1);
+        assert!(
+            tuner.tune_new().unwrap().is_empty(),
+            "each socket is tuned once"
+        );
+
+        let mut value: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        use std::os::fd::AsRawFd;
+        // SAFETY: reading an int option into a local of the right size.
+        let rc = unsafe {
+            libc::getsockopt(
+                client.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&mut value as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(value, 25_000);
+    }
+}
