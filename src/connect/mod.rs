@@ -4,3 +4,4 @@ pub mod control;
 pub mod credentials;
 pub mod discovery;
 pub mod drop_rules;
+pub mod drop_test;
