@@ -24,7 +24,8 @@ pub fn write_atomic_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Re
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp_path = dir.join(tmp_name);
+    let tmp_path = dir.join(&tmp_name);
+    remove_stale_temp_files(dir, file_name);
 
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -33,17 +34,98 @@ pub fn write_atomic_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Re
             .truncate(true)
             .mode(mode)
             .open(&tmp_path)?;
-        file.write_all(contents)?;
+        fault::point(fault::Step::Created)?;
+        let half = contents.len() / 2;
+        file.write_all(&contents[..half])?;
+        fault::point(fault::Step::HalfWritten)?;
+        file.write_all(&contents[half..])?;
+        fault::point(fault::Step::Written)?;
         file.sync_all()?;
+        fault::point(fault::Step::Synced)?;
         drop(file);
         fs::rename(&tmp_path, path)?;
+        fault::point(fault::Step::Renamed)?;
         // The rename is only durable once the directory entry is on disk.
         File::open(dir)?.sync_all()
     })();
-    if result.is_err() {
+    if result.is_err() && !fault::crashed() {
         let _ = fs::remove_file(&tmp_path);
     }
     result
+}
+
+/// Removes `.NAME.tmp-PID` files whose writer is gone (a crash or power cut mid-write), so they do
+/// not pile up on a speaker that is unplugged now and then. The live target is never touched.
+fn remove_stale_temp_files(dir: &Path, file_name: &std::ffi::OsStr) {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".tmp-");
+    let Some(prefix) = prefix.to_str().map(str::to_owned) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Crash simulation for tests: makes the writer stop dead after a given step, leaving the disk as
+/// a power cut at that moment would (minus the page cache, which `sync_all` ordering covers).
+mod fault {
+    use std::io;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub enum Step {
+        Created,
+        HalfWritten,
+        Written,
+        Synced,
+        Renamed,
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        pub static CRASH_AFTER: std::cell::Cell<Option<Step>> = const { std::cell::Cell::new(None) };
+        static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[cfg(test)]
+    pub fn point(step: Step) -> io::Result<()> {
+        if CRASH_AFTER.with(|c| c.get()) == Some(step) {
+            CRASHED.with(|c| c.set(true));
+            return Err(io::Error::other("simulated crash"));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn crashed() -> bool {
+        CRASHED.with(|c| c.replace(false))
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn point(_: Step) -> io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn crashed() -> bool {
+        false
+    }
 }
 
 /// Moves a file that could not be parsed out of the way as `<name>.corrupt-<time>` and returns
@@ -95,6 +177,114 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file may be left behind");
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_the_old_or_the_new_file_never_a_torn_one() {
+        use fault::Step::*;
+        let old = vec![b'o'; 4096];
+        let new = vec![b'n'; 4096];
+        for step in [Created, HalfWritten, Written, Synced, Renamed] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("credentials.json");
+            write_secret_atomic(&path, &old).unwrap();
+            fault::CRASH_AFTER.with(|c| c.set(Some(step)));
+            assert!(write_secret_atomic(&path, &new).is_err());
+            fault::CRASH_AFTER.with(|c| c.set(None));
+            let now = fs::read(&path).unwrap();
+            assert!(
+                now == old || now == new,
+                "torn file after a crash at {step:?}"
+            );
+            if step == Renamed {
+                assert_eq!(now, new, "after the rename the new content is in place");
+            } else {
+                assert_eq!(now, old, "before the rename the old content is in place");
+            }
+            // The next boot's write works and sweeps the dead writer's temp file (its pid is ours
+            // here, so rename it to a pid that cannot exist first).
+            for entry in fs::read_dir(dir.path()).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.contains(".tmp-") {
+                    fs::rename(
+                        entry.path(),
+                        dir.path().join(".credentials.json.tmp-4294967295"),
+                    )
+                    .unwrap();
+                }
+            }
+            write_secret_atomic(&path, &new).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), new);
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert_eq!(names.len(), 1, "no temp files left: {names:?}");
+        }
+    }
+
+    /// Our writer in a real process, killed with SIGKILL at random moments while rewriting a
+    /// file: every surviving state is one complete version.
+    #[test]
+    fn sigkill_mid_write_never_tears_the_file() {
+        use std::process::{Command, Stdio};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_secret_atomic(&path, &writer_loop_version(0)).unwrap();
+        let versions: Vec<Vec<u8>> = (0..4).map(writer_loop_version).collect();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..20u64 {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "state::tests::writer_loop",
+                    "--nocapture",
+                ])
+                .env("PISPEAKER_WRITER_LOOP", &path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(30 + (round * 7) % 60));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let now = fs::read(&path).unwrap();
+            assert!(
+                versions.contains(&now),
+                "round {round}: torn file of {} bytes",
+                now.len()
+            );
+            seen.insert(now[0]);
+        }
+        assert!(seen.len() > 1, "the killed writers really rewrote the file");
+        // The next write sweeps the killed writers' temp files.
+        write_secret_atomic(&path, &versions[1]).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "stale temp files swept: {names:?}");
+    }
+
+    fn writer_loop_version(i: usize) -> Vec<u8> {
+        vec![b'a' + i as u8; 256 * 1024]
+    }
+
+    /// Not a test by itself: the writer process for `sigkill_mid_write_never_tears_the_file`.
+    #[test]
+    #[ignore = "run by sigkill_mid_write_never_tears_the_file as its child process"]
+    fn writer_loop() {
+        let Some(path) = std::env::var_os("PISPEAKER_WRITER_LOOP") else {
+            return;
+        };
+        let path = std::path::PathBuf::from(path);
+        for i in 0.. {
+            write_secret_atomic(&path, &writer_loop_version(i % 4)).unwrap();
+        }
     }
 
     #[test]
