@@ -248,6 +248,46 @@ impl ApLinkTuner {
     }
 }
 
+/// Keeps tuning new access-point connections every `period` until `shutdown` turns true. A
+/// failure (no /proc, say) is logged once and the task keeps trying: it is an improvement on top
+/// of librespot's own keep-alive, never a reason to stop the speaker.
+pub async fn run_tuner(
+    tuning: LinkTuning,
+    period: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tuner = ApLinkTuner::new(AP_PORT, tuning);
+    let mut failing = false;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match tuner.tune_new() {
+            Ok(tuned) => {
+                failing = false;
+                for conn in tuned {
+                    log::debug!(
+                        "access-point link {} -> {}: keep-alive and {} s user timeout set",
+                        conn.local,
+                        conn.remote,
+                        tuning.user_timeout.as_secs()
+                    );
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                log::warn!("cannot tune the access-point connection ({e}); relying on librespot's keep-alive");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
