@@ -1,1 +1,5 @@
-//! Status page.
+//! The status page (served by the daemon) and `pispeaker status` (its client).
+
+mod client;
+
+pub use client::print_status;

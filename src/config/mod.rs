@@ -82,7 +82,7 @@ pub struct StatusConfig {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct JellyfinConfig {
     pub enabled: bool,
@@ -136,16 +136,6 @@ impl Default for StatusConfig {
     }
 }
 
-impl Default for JellyfinConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            server: None,
-            token_file: None,
-        }
-    }
-}
-
 impl TryFrom<u32> for Bitrate {
     type Error = String;
     fn try_from(kbps: u32) -> Result<Self, Self::Error> {
@@ -165,5 +155,27 @@ impl From<Bitrate> for u32 {
             Bitrate::Kbps160 => 160,
             Bitrate::Kbps320 => 320,
         }
+    }
+}
+
+mod args;
+mod layer;
+mod load;
+mod state_dir;
+
+pub use args::ConfigArgs;
+pub use layer::Layer;
+pub use load::{load, ConfigError};
+pub use state_dir::{check_state_dir, StateDirError};
+
+impl Config {
+    /// Applies the values a layer sets; what it leaves unset stays as it is.
+    pub fn apply(&mut self, layer: &Layer) {
+        layer.apply_to(self);
+    }
+
+    /// The effective configuration as TOML, for `pispeaker config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
     }
 }
