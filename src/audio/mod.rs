@@ -1,5 +1,13 @@
 //! Audio output: the daemon-owned ALSA hardware mixer, volume curves, sinks and device listing.
 
 mod curve;
+mod devices;
+mod mixer;
+mod sink;
 
-pub use curve::VolumeCurveKind;
+pub use curve::{ControlRange, VolumeCurveKind, VolumeMapping, MAX_VOLUME};
+pub use devices::{check_pcm, has_sound_card, AudioError, Inventory};
+pub use mixer::{
+    open_mixer, AlsaControl, HardwareMixer, MixerSettings, OpenedMixer, VolumeControl,
+};
+pub use sink::{alsa_sink, null_sink, NullSink, ResilientSink, SinkFactory};
