@@ -11,3 +11,6 @@ pub use mixer::{
     open_mixer, AlsaControl, HardwareMixer, MixerSettings, OpenedMixer, VolumeControl,
 };
 pub use sink::{alsa_sink, null_sink, NullSink, ResilientSink, SinkFactory};
+
+#[cfg(test)]
+pub(crate) use mixer::tests::SimControl;

@@ -1,0 +1,682 @@
+//! The reconnect supervisor: owns the speaker's Spotify side for the life of the process.
+//!
+//! Loop: get credentials (cached, or from discovery) → connect (Session + Spirc) → watch →
+//! on loss, rebuild — forever. What makes a reconnect invisible to the listener:
+//!
+//! - **session id**: the lost session's id is handed to the new one before Spirc starts, so
+//!   Spotify's automatic transfer re-attaches playback;
+//! - **volume**: the new Spirc starts with the mixer's *live* volume (what the knob says now), and
+//!   the mixer writes nothing when asked for the step it is on, so there is no jump and no drift;
+//! - **play intent**: whether the user was playing is tracked from player events and frozen the
+//!   moment the loss is seen (the shutdown that follows pauses the player); after the new session
+//!   is activated, `play()` is issued exactly once if the user had been playing. If no automatic
+//!   transfer arrives in time, the speaker asks for the transfer itself.
+//!
+//! Loss is detected by the Spirc task ending, by a watchdog polling `is_invalid()` (Spirc can hang
+//! on a dead session), and — underneath both — by librespot's keep-alive and the TCP options set
+//! by [`super::ap_link`]. Network errors are retried with [`Backoff`] forever; only rejected
+//! credentials end the loop for that account, sending the speaker back to discovery.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use librespot_core::authentication::Credentials;
+use librespot_playback::mixer::Mixer;
+use log::{error, info, warn};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+use super::backoff::Backoff;
+use super::control::{
+    Command, ControlEndpoint, ControlError, LossRecord, PlaybackEvent, SpotifyState,
+};
+use super::credentials::CredentialStore;
+use super::session::{
+    ConnectBackend, ConnectFailure, ConnectRequest, ConnectSession, PlayerSignal, SessionCommand,
+};
+
+/// Tunables, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// Volume for the very first connection of a fresh install (Spotify scale).
+    pub first_volume: u16,
+    /// True when no volume was ever stored: the first connection uses `first_volume`.
+    pub fresh_install: bool,
+    pub transfer_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A connection up this long resets the backoff.
+    pub stable_after: Duration,
+    /// How often `is_invalid()` is polled (and the heartbeat beats).
+    pub watchdog_period: Duration,
+    /// How often the mixer is read for changes made outside the daemon.
+    pub volume_poll: Duration,
+    /// Longest a single connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            first_volume: u16::MAX / 2,
+            fresh_install: false,
+            transfer_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            stable_after: Duration::from_secs(60),
+            watchdog_period: Duration::from_secs(2),
+            volume_poll: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where cached credentials live; [`CredentialStore`] in production.
+pub trait CredentialCache: Send {
+    fn load(&self) -> Option<Credentials>;
+    fn save(&self, credentials: &Credentials);
+    fn set_aside(&self, why: &str);
+}
+
+impl CredentialCache for CredentialStore {
+    fn load(&self) -> Option<Credentials> {
+        CredentialStore::load(self)
+    }
+    fn save(&self, credentials: &Credentials) {
+        if let Err(e) = CredentialStore::save(self, credentials) {
+            warn!(
+                "cannot cache credentials in {}: {e}; the speaker will need to be picked again after a reboot",
+                self.path().display()
+            );
+        }
+    }
+    fn set_aside(&self, why: &str) {
+        CredentialStore::set_aside(self, why)
+    }
+}
+
+/// Proof of life for the systemd watchdog: beats on every turn of the supervisor's loops (at
+/// least every `watchdog_period`), whatever state it is in.
+#[derive(Debug, Clone)]
+pub struct Heartbeat(Arc<Mutex<Instant>>);
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    fn beat(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        self.0
+            .lock()
+            .map(|last| last.elapsed())
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+/// How a wait between connections ended.
+enum Interrupt {
+    Elapsed,
+    NewCredentials(Credentials),
+    Shutdown,
+}
+
+/// How a connection attempt ended.
+enum AttemptEnd<S> {
+    /// The backend answered (`Err(())`: the attempt timed out).
+    Done(Result<Result<S, ConnectFailure>, ()>),
+    NewCredentials(Credentials),
+    Shutdown,
+}
+
+/// How watching a live session ended.
+enum WatchEnd {
+    Lost {
+        session_id: String,
+        uptime: Duration,
+    },
+    NewCredentials(Credentials),
+    Shutdown,
+}
+
+/// The supervisor. Build it, take its [`Heartbeat`], then `run` it.
+pub struct Supervisor<B: ConnectBackend> {
+    backend: B,
+    mixer: Arc<dyn Mixer>,
+    store: Box<dyn CredentialCache>,
+    discovered: mpsc::Receiver<Credentials>,
+    events: mpsc::UnboundedReceiver<PlayerSignal>,
+    endpoint: ControlEndpoint,
+    settings: SupervisorSettings,
+    heartbeat: Heartbeat,
+    backoff: Backoff,
+    /// The user's intent as the player reports it.
+    was_playing: Arc<AtomicBool>,
+    /// The intent frozen at the moment of a loss; `Some` until the new session resolves it.
+    frozen_intent: Option<bool>,
+    /// What Spotify was last told the volume is.
+    told_volume: u16,
+    discovery_open: bool,
+}
+
+impl<B: ConnectBackend> Supervisor<B> {
+    pub fn new(
+        backend: B,
+        mixer: Arc<dyn Mixer>,
+        store: Box<dyn CredentialCache>,
+        discovered: mpsc::Receiver<Credentials>,
+        events: mpsc::UnboundedReceiver<PlayerSignal>,
+        endpoint: ControlEndpoint,
+        settings: SupervisorSettings,
+    ) -> Self {
+        let backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+        Self::with_backoff(
+            backend, mixer, store, discovered, events, endpoint, settings, backoff,
+        )
+    }
+
+    /// As [`Supervisor::new`] with a given backoff (seeded, in tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_backoff(
+        backend: B,
+        mixer: Arc<dyn Mixer>,
+        store: Box<dyn CredentialCache>,
+        discovered: mpsc::Receiver<Credentials>,
+        events: mpsc::UnboundedReceiver<PlayerSignal>,
+        endpoint: ControlEndpoint,
+        settings: SupervisorSettings,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            backend,
+            mixer,
+            store,
+            discovered,
+            events,
+            endpoint,
+            settings,
+            heartbeat: Heartbeat::new(),
+            backoff,
+            was_playing: Arc::new(AtomicBool::new(false)),
+            frozen_intent: None,
+            told_volume: 0,
+            discovery_open: true,
+        }
+    }
+
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Runs until `shutdown` turns true. Never returns on errors.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut credentials = self.store.load();
+        let mut session_id: Option<String> = None;
+        self.publish(|s| s.volume = self.mixer.volume());
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let creds = match credentials.take() {
+                Some(creds) => creds,
+                None => {
+                    self.publish(|s| s.spotify = SpotifyState::Discovery);
+                    match self.wait(None, &mut shutdown).await {
+                        Interrupt::NewCredentials(c) => c,
+                        Interrupt::Shutdown => return,
+                        Interrupt::Elapsed => continue,
+                    }
+                }
+            };
+
+            let reconnecting = session_id.is_some();
+            self.publish(|s| {
+                s.spotify = if reconnecting {
+                    SpotifyState::Reconnecting
+                } else {
+                    SpotifyState::Connecting
+                }
+            });
+            let initial_volume = if self.settings.fresh_install {
+                self.settings.first_volume
+            } else {
+                self.mixer.volume()
+            };
+            let request = ConnectRequest {
+                credentials: creds.clone(),
+                session_id: session_id.clone(),
+                initial_volume,
+            };
+
+            let outcome = {
+                // Only fields disjoint from `backend` are touched while the attempt runs; player
+                // events are kept and handled afterwards.
+                let Self {
+                    backend,
+                    heartbeat,
+                    discovered,
+                    endpoint,
+                    events,
+                    settings,
+                    discovery_open,
+                    ..
+                } = &mut self;
+                let mut signals = Vec::new();
+                let connect =
+                    tokio::time::timeout(settings.connect_timeout, backend.connect(request));
+                tokio::pin!(connect);
+                let mut tick = tokio::time::interval(settings.watchdog_period);
+                let outcome = loop {
+                    tokio::select! {
+                        result = &mut connect => break AttemptEnd::Done(result.map_err(|_| ())),
+                        _ = tick.tick() => heartbeat.beat(),
+                        _ = shutdown.changed() => break AttemptEnd::Shutdown,
+                        received = discovered.recv(), if *discovery_open => match received {
+                            Some(c) => break AttemptEnd::NewCredentials(c),
+                            None => *discovery_open = false,
+                        },
+                        Some((_, reply)) = endpoint.commands.recv() => {
+                            let _ = reply.send(Err(ControlError::Reconnecting));
+                        }
+                        Some(signal) = events.recv() => signals.push(signal),
+                    }
+                };
+                (outcome, signals)
+            };
+            let (outcome, signals) = outcome;
+            for signal in signals {
+                self.on_signal_disconnected(signal);
+            }
+            let result = match outcome {
+                AttemptEnd::Shutdown => return,
+                AttemptEnd::NewCredentials(c) => {
+                    info!("a new Spotify user picked the speaker while connecting");
+                    credentials = Some(c);
+                    session_id = None;
+                    self.frozen_intent = None;
+                    continue;
+                }
+                AttemptEnd::Done(Ok(result)) => result,
+                AttemptEnd::Done(Err(())) => Err(ConnectFailure::Transient(format!(
+                    "no answer within {} s",
+                    self.settings.connect_timeout.as_secs()
+                ))),
+            };
+            match result {
+                Ok(session) => {
+                    if let Some(previous) = &session_id {
+                        let now = session.session_id();
+                        if &now == previous {
+                            info!("preserved session_id {}…", short_id(&now));
+                        } else {
+                            warn!(
+                                "session_id changed across the reconnect ({}… → {}…)",
+                                short_id(previous),
+                                short_id(&now)
+                            );
+                        }
+                    }
+                    if let Some(reusable) = session.reusable_credentials() {
+                        self.store.save(&reusable);
+                    }
+                    self.settings.fresh_install = false;
+                    match self.watch(session, reconnecting, &mut shutdown).await {
+                        WatchEnd::Shutdown => return,
+                        WatchEnd::NewCredentials(c) => {
+                            credentials = Some(c);
+                            session_id = None;
+                            self.frozen_intent = None;
+                            self.backoff.reset();
+                        }
+                        WatchEnd::Lost {
+                            session_id: id,
+                            uptime,
+                        } => {
+                            session_id = Some(id);
+                            credentials = Some(creds);
+                            if uptime >= self.settings.stable_after {
+                                self.backoff.reset();
+                            }
+                            if self
+                                .pause_before_retry(&mut credentials, &mut shutdown)
+                                .await
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(ConnectFailure::CredentialsRejected(why)) => {
+                    error!("Spotify rejected the stored credentials ({why}); waiting for the speaker to be picked in the Spotify app again");
+                    self.store.set_aside("were rejected by Spotify");
+                    session_id = None;
+                    self.frozen_intent = None;
+                    credentials = None;
+                }
+                Err(ConnectFailure::Transient(why)) => {
+                    credentials = Some(creds);
+                    warn!("cannot reach Spotify: {why}");
+                    if self
+                        .pause_before_retry(&mut credentials, &mut shutdown)
+                        .await
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits the next backoff delay. New credentials replace the pending ones. True on shutdown.
+    async fn pause_before_retry(
+        &mut self,
+        credentials: &mut Option<Credentials>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let delay = self.backoff.next_delay();
+        info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        match self.wait(Some(Instant::now() + delay), shutdown).await {
+            Interrupt::Shutdown => true,
+            Interrupt::Elapsed => false,
+            Interrupt::NewCredentials(c) => {
+                *credentials = Some(c);
+                self.frozen_intent = None;
+                false
+            }
+        }
+    }
+
+    /// Idles until `until` (or forever), staying alive for the watchdog and the control handle.
+    async fn wait(
+        &mut self,
+        until: Option<Instant>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Interrupt {
+        let mut tick = tokio::time::interval(self.settings.watchdog_period);
+        let deadline = sleep_until(until.unwrap_or_else(far_future));
+        tokio::pin!(deadline);
+        let waiting_for_user = until.is_none();
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Interrupt::Elapsed,
+                _ = shutdown.changed() => return Interrupt::Shutdown,
+                _ = tick.tick() => {
+                    self.heartbeat.beat();
+                    let live = self.mixer.volume();
+                    self.publish(|s| s.volume = live);
+                }
+                received = self.discovered.recv(), if self.discovery_open => match received {
+                    Some(c) => return Interrupt::NewCredentials(c),
+                    None => {
+                        self.discovery_open = false;
+                        if waiting_for_user {
+                            warn!("discovery is off and there are no cached credentials: nothing to connect with");
+                        }
+                    }
+                },
+                Some((_, reply)) = self.endpoint.commands.recv() => {
+                    let answer = if waiting_for_user { ControlError::NoSession } else { ControlError::Reconnecting };
+                    let _ = reply.send(Err(answer));
+                }
+                Some(signal) = self.events.recv() => self.on_signal_disconnected(signal),
+            }
+        }
+    }
+
+    /// Watches a live session until it is lost, replaced or shut down.
+    async fn watch(
+        &mut self,
+        mut session: B::Session,
+        reconnected: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> WatchEnd {
+        let connected_at = Instant::now();
+        self.told_volume = self.mixer.volume();
+        let told = self.told_volume;
+        self.publish(|s| {
+            s.spotify = SpotifyState::Connected;
+            s.volume = told;
+        });
+        // Only a reconnect of a user who was playing needs the transfer fallback.
+        let mut transfer_deadline = match self.frozen_intent {
+            Some(_) if reconnected => Some(Instant::now() + self.settings.transfer_timeout),
+            _ => None,
+        };
+        let mut fallback_requested = false;
+        let mut watchdog = tokio::time::interval(self.settings.watchdog_period);
+        let mut volume_poll = tokio::time::interval(self.settings.volume_poll);
+
+        let reason = loop {
+            let deadline = sleep_until(transfer_deadline.unwrap_or_else(far_future));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    session.shutdown();
+                    return WatchEnd::Shutdown;
+                }
+                _ = session.ended() => {
+                    break match (session.is_invalid(), session.loss_reason()) {
+                        (_, Some(reason)) => reason,
+                        (true, None) => "keep-alive timeout".to_string(),
+                        (false, None) => "spirc ended".to_string(),
+                    };
+                }
+                _ = watchdog.tick() => {
+                    self.heartbeat.beat();
+                    if session.is_invalid() {
+                        let cause = session.loss_reason().unwrap_or_else(|| "keep-alive timeout".into());
+                        break format!("spirc hung on invalid session ({cause})");
+                    }
+                }
+                Some(signal) = self.events.recv() => {
+                    if signal == PlayerSignal::SessionConnected {
+                        transfer_deadline = None;
+                        self.resolve_intent(&session, if fallback_requested { "transfer fallback" } else { "automatic transfer" });
+                        // Spirc's own idea of the volume may be stale after a transfer.
+                        self.sync_volume(&session, true);
+                    }
+                    self.on_signal(signal);
+                }
+                _ = deadline, if transfer_deadline.is_some() => {
+                    transfer_deadline = None;
+                    match self.frozen_intent {
+                        Some(true) => {
+                            info!(
+                                "no automatic transfer within {} s; asking Spotify to transfer playback here (fallback)",
+                                self.settings.transfer_timeout.as_secs()
+                            );
+                            fallback_requested = true;
+                            if let Err(e) = session.command(SessionCommand::Transfer) {
+                                warn!("transfer fallback failed: {e}");
+                            }
+                        }
+                        _ => {
+                            info!("no automatic transfer after the reconnect; playback was paused, so the speaker stays idle");
+                            self.frozen_intent = None;
+                        }
+                    }
+                }
+                _ = volume_poll.tick() => self.sync_volume(&session, false),
+                Some((command, reply)) = self.endpoint.commands.recv() => {
+                    let _ = reply.send(forward(&session, command));
+                }
+                received = self.discovered.recv(), if self.discovery_open => match received {
+                    Some(c) => {
+                        info!("another Spotify user picked the speaker; switching accounts");
+                        session.shutdown();
+                        return WatchEnd::NewCredentials(c);
+                    }
+                    None => self.discovery_open = false,
+                },
+            }
+        };
+
+        // Freeze the intent before anything pauses the player. A loss while already frozen (a
+        // reconnect that failed before resolving) keeps the user's original intent.
+        if self.frozen_intent.is_none() {
+            self.frozen_intent = Some(self.was_playing.load(Ordering::SeqCst));
+        }
+        let session_id = session.session_id();
+        warn!("session lost: {reason}");
+        session.shutdown();
+        self.publish(|s| {
+            s.spotify = SpotifyState::Reconnecting;
+            s.reconnect_count += 1;
+            s.last_loss = Some(LossRecord {
+                reason: reason.clone(),
+                at: SystemTime::now(),
+            });
+        });
+        WatchEnd::Lost {
+            session_id,
+            uptime: connected_at.elapsed(),
+        }
+    }
+
+    /// After the new session is activated: play exactly once if the user was playing.
+    fn resolve_intent(&mut self, session: &B::Session, path: &str) {
+        match self.frozen_intent.take() {
+            Some(true) => {
+                info!("playback re-attached ({path}); resuming play as the user was playing");
+                if let Err(e) = session.command(SessionCommand::Play) {
+                    warn!("could not resume playback: {e}");
+                }
+            }
+            Some(false) => {
+                info!("playback re-attached ({path}); staying paused as the user left it")
+            }
+            None => {}
+        }
+    }
+
+    /// Tells Spotify about a volume changed outside the daemon (a knob, amixer). The mixer
+    /// writes nothing for the step it is already on, so this cannot loop or drift.
+    fn sync_volume(&mut self, session: &B::Session, force: bool) {
+        let live = self.mixer.volume();
+        if live != self.told_volume || force {
+            if let Err(e) = session.command(SessionCommand::SetVolume(live)) {
+                warn!("could not report the volume to Spotify: {e}");
+                return;
+            }
+            if live != self.told_volume {
+                self.told_volume = live;
+                self.publish(|s| s.volume = live);
+                let _ = self
+                    .endpoint
+                    .events
+                    .send(PlaybackEvent::VolumeChanged(live));
+            }
+        }
+    }
+
+    /// Player events while connected.
+    fn on_signal(&mut self, signal: PlayerSignal) {
+        let tracking = self.frozen_intent.is_none();
+        let event = match signal {
+            PlayerSignal::Playing { position_ms } => {
+                if tracking {
+                    self.was_playing.store(true, Ordering::SeqCst);
+                }
+                self.publish(|s| {
+                    s.playing = true;
+                    s.position_ms = position_ms;
+                });
+                Some(PlaybackEvent::Playing { position_ms })
+            }
+            PlayerSignal::Paused { position_ms } => {
+                if tracking {
+                    self.was_playing.store(false, Ordering::SeqCst);
+                }
+                self.publish(|s| {
+                    s.playing = false;
+                    s.position_ms = position_ms;
+                });
+                Some(PlaybackEvent::Paused { position_ms })
+            }
+            PlayerSignal::Stopped => {
+                if tracking {
+                    self.was_playing.store(false, Ordering::SeqCst);
+                }
+                self.publish(|s| {
+                    s.playing = false;
+                    s.track = None;
+                });
+                Some(PlaybackEvent::Stopped)
+            }
+            PlayerSignal::Seeked { position_ms } => {
+                self.publish(|s| s.position_ms = position_ms);
+                Some(PlaybackEvent::Seeked { position_ms })
+            }
+            PlayerSignal::Position { position_ms } => {
+                self.publish(|s| s.position_ms = position_ms);
+                None
+            }
+            PlayerSignal::TrackChanged(track) => {
+                self.publish(|s| s.track = Some(track.clone()));
+                Some(PlaybackEvent::TrackChanged(track))
+            }
+            PlayerSignal::VolumeChanged(volume) => {
+                self.told_volume = volume;
+                self.publish(|s| s.volume = volume);
+                Some(PlaybackEvent::VolumeChanged(volume))
+            }
+            PlayerSignal::SessionConnected
+            | PlayerSignal::Loading
+            | PlayerSignal::EndOfTrack
+            | PlayerSignal::Unavailable => None,
+        };
+        if let Some(event) = event {
+            // No listener is fine: the Jellyfin sidecar may be off.
+            let _ = self.endpoint.events.send(event);
+        }
+    }
+
+    /// Player events with no session (the shutdown's pause, a load failing on the dead session):
+    /// they change what the status shows, never the frozen intent.
+    fn on_signal_disconnected(&mut self, signal: PlayerSignal) {
+        if matches!(signal, PlayerSignal::SessionConnected) {
+            return;
+        }
+        self.on_signal(signal);
+    }
+
+    fn publish(&self, change: impl FnOnce(&mut super::control::SpeakerStatus)) {
+        self.endpoint.status.send_modify(change);
+    }
+}
+
+/// Maps a control-handle command onto the session.
+fn forward<S: ConnectSession>(session: &S, command: Command) -> Result<(), ControlError> {
+    let command = match command {
+        Command::Play => SessionCommand::Play,
+        Command::Pause | Command::Stop => SessionCommand::Pause,
+        Command::PlayPause => SessionCommand::PlayPause,
+        Command::Next => SessionCommand::Next,
+        Command::Previous => SessionCommand::Previous,
+        Command::Seek { position_ms } => SessionCommand::Seek(position_ms),
+        Command::SetVolume(v) => SessionCommand::SetVolume(v),
+        Command::VolumeUp => SessionCommand::VolumeUp,
+        Command::VolumeDown => SessionCommand::VolumeDown,
+    };
+    session.command(command).map_err(ControlError::Rejected)
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A deadline that never comes (a year away), for optional timers in `select!`.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;
