@@ -29,7 +29,7 @@ measure() { # name, command...
   ip netns add "$ns"
   trap 'ip netns del "$ns" 2>/dev/null || true' RETURN
   ip -n "$ns" link set lo up
-  ip -n "$ns" link add d0 type dummy
+  ip -n "$ns" link add d0 type veth peer name d1; ip -n "$ns" link set d1 up
   ip -n "$ns" addr add 10.234.0.1/24 dev d0
   ip -n "$ns" link set d0 up multicast on
   ip -n "$ns" route add 224.0.0.0/4 dev d0

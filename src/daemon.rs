@@ -1,28 +1,33 @@
 //! The daemon: builds every long-lived part, runs them side by side, and stops them in order.
 //!
-//! Start-up order matters: configuration problems and missing devices are found before anything
+//! Start-up order matters: the state directory and the audio devices are checked before anything
 //! is announced on the network, so a misconfigured speaker never shows up in the Spotify app only
-//! to fail when picked. After that nothing may end the process but a signal: every task below
-//! retries on its own.
+//! to fail when picked. After that nothing ends the process but a signal: every task retries on
+//! its own, and the systemd watchdog is fed only while the supervisor's heartbeat is fresh.
 
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use librespot_core::config::{DeviceType, SessionConfig};
 use librespot_core::session::Session;
-use librespot_playback::config::PlayerConfig;
+use librespot_playback::config::{Bitrate as LibrespotBitrate, PlayerConfig};
+use librespot_playback::mixer::Mixer;
 use librespot_playback::player::Player;
 use log::{error, info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::audio;
-use crate::config::{self, Config};
+use crate::audio::{self, AudioError, MixerSettings, SinkFactory, VolumeMemory, MAX_VOLUME};
+use crate::config::{self, Bitrate, Config, MixerKind};
+use crate::connect::ap_link::{self, LinkTuning};
 use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::credentials::{self, CredentialStore};
 use crate::connect::discovery::{self, DiscoverySettings};
-use crate::systemd;
+use crate::connect::librespot_backend::{self, LibrespotBackend};
+use crate::connect::supervisor::{Supervisor, SupervisorSettings};
+use crate::{jellyfin, status, systemd};
 
 /// Exit status for a problem with the machine (devices, state directory) rather than the config.
 const EXIT_ENVIRONMENT: u8 = 1;
@@ -30,13 +35,14 @@ const EXIT_ENVIRONMENT: u8 = 1;
 /// Runs the speaker until SIGTERM/SIGINT.
 pub fn run(config: Config) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .thread_name("pispeaker")
         .build();
     match runtime {
         Ok(runtime) => {
             let code = runtime.block_on(run_async(config));
-            // Player and discovery threads must not keep a stopping daemon alive.
+            // Tasks still winding down (mDNS, a Spirc on a dead link) must not hold up the exit.
             runtime.shutdown_timeout(Duration::from_millis(300));
             code
         }
@@ -47,21 +53,269 @@ pub fn run(config: Config) -> ExitCode {
     }
 }
 
+/// The audio side, opened before anything else.
+struct Audio {
+    mixer: Arc<dyn Mixer>,
+    sink: SinkFactory,
+}
+
+fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, AudioError> {
+    let settings = MixerSettings {
+        use_hardware: config.mixer == MixerKind::Alsa,
+        device: config.alsa_mixer_device.clone(),
+        control: config.alsa_mixer_control.clone(),
+        index: config.alsa_mixer_index,
+        curve: config.volume_ctrl,
+        range_db: config.volume_range,
+    };
+    // Only the default device falls back to a null sink: a PCM the user named must exist.
+    let (opened, sink) = if audio::has_sound_card() || config.device != "default" {
+        audio::check_pcm(&config.device)?;
+        let sink = audio::alsa_sink(config.device.clone()).ok_or_else(|| {
+            AudioError::Other("this build has no ALSA backend (rebuild with librespot-playback's alsa-backend feature)".into())
+        })?;
+        (audio::open_mixer(&settings)?, sink)
+    } else {
+        info!("no sound card found: playing into a null sink so the speaker stays discoverable");
+        let soft = MixerSettings {
+            use_hardware: false,
+            ..settings
+        };
+        (audio::open_mixer(&soft)?, audio::null_sink())
+    };
+    if !opened.hardware {
+        // Software volume forgets everything on restart: start where the user left it.
+        if let Some(volume) = remembered_volume {
+            opened.mixer.set_volume(volume);
+        }
+    }
+    Ok(Audio {
+        mixer: opened.mixer,
+        sink,
+    })
+}
+
+fn player_config(config: &Config) -> PlayerConfig {
+    PlayerConfig {
+        bitrate: match config.bitrate {
+            Bitrate::Kbps96 => LibrespotBitrate::Bitrate96,
+            Bitrate::Kbps160 => LibrespotBitrate::Bitrate160,
+            Bitrate::Kbps320 => LibrespotBitrate::Bitrate320,
+        },
+        ..PlayerConfig::default()
+    }
+}
+
 async fn run_async(config: Config) -> ExitCode {
     if let Err(e) = config::check_state_dir(&config.cache) {
         error!("{e}");
-        return ExitCode::from(EXIT_ENVIRONMENT);
+        return ExitCode::from(config::StateDirError::EXIT_CODE);
     }
     let device_id = match credentials::load_or_create_device_id(&config.cache) {
         Ok(id) => id,
         Err(e) => {
             error!(
-                "cannot create the device id in {}: {e}",
+                "cannot store the device id in {}: {e}",
                 config.cache.display()
             );
             return ExitCode::from(EXIT_ENVIRONMENT);
         }
     };
-    // TODO(merge): audio, player, supervisor, status, jellyfin.
-    ExitCode::SUCCESS
+    let volume_memory = VolumeMemory::new(&config.cache);
+    let remembered_volume = volume_memory.load();
+    let audio = match open_audio(&config, remembered_volume) {
+        Ok(audio) => audio,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(AudioError::EXIT_CODE);
+        }
+    };
+    // The name and type were validated by the config loader.
+    let device_type = DeviceType::from_str(&config.device_type).unwrap_or_default();
+    let session_config = SessionConfig {
+        device_id: device_id.clone(),
+        ..SessionConfig::default()
+    };
+    let client_id = session_config.client_id.clone();
+
+    // One player for the life of the process; sessions come and go.
+    let Audio { mixer, sink } = audio;
+    let first_session = Session::new(session_config.clone(), None);
+    let player = Player::new(
+        player_config(&config),
+        first_session,
+        mixer.get_soft_volume(),
+        sink,
+    );
+    let signals = librespot_backend::spawn_signal_bridge(&player);
+
+    let (control, endpoint) = control::channel(SpeakerStatus::new(&config.name, mixer.volume()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (credentials_tx, credentials_rx) = mpsc::channel(4);
+
+    // Discovery first: READY means the speaker can be found.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let discovery_task = if config.disable_discovery {
+        drop(credentials_tx);
+        let _ = ready_tx.send(Ok(()));
+        None
+    } else {
+        let settings = DiscoverySettings {
+            device_id,
+            client_id,
+            name: config.name.clone(),
+            device_type,
+            port: config.zeroconf_port,
+        };
+        Some(tokio::spawn(discovery::run(
+            settings,
+            credentials_tx,
+            ready_tx,
+            shutdown_rx.clone(),
+        )))
+    };
+
+    let supervisor_settings = SupervisorSettings {
+        first_volume: percent_to_volume(config.initial_volume),
+        fresh_install: remembered_volume.is_none(),
+        transfer_timeout: Duration::from_secs(config.reconnect.transfer_timeout_secs),
+        backoff_initial: Duration::from_secs(config.reconnect.backoff_initial_secs.max(1)),
+        backoff_max: Duration::from_secs(config.reconnect.backoff_max_secs.max(1)),
+        ..SupervisorSettings::default()
+    };
+    let watchdog_poll = supervisor_settings.watchdog_period;
+    let backend = LibrespotBackend::new(
+        player.clone(),
+        mixer.clone(),
+        session_config,
+        config.name.clone(),
+        device_type,
+    );
+    let supervisor = Supervisor::new(
+        backend,
+        mixer.clone(),
+        Box::new(CredentialStore::new(&config.cache)),
+        credentials_rx,
+        signals,
+        endpoint,
+        supervisor_settings,
+    );
+    let heartbeat = supervisor.heartbeat();
+    let supervisor_task = tokio::spawn(supervisor.run(shutdown_rx.clone()));
+
+    tokio::spawn(ap_link::run_tuner(
+        LinkTuning::default(),
+        watchdog_poll,
+        shutdown_rx.clone(),
+    ));
+    let memory_task = tokio::spawn(volume_memory.follow(
+        control.watch_status(),
+        Duration::from_secs(5),
+        shutdown_rx.clone(),
+    ));
+
+    let (jellyfin_state_tx, jellyfin_state_rx) = watch::channel(jellyfin::JellyfinState::Disabled);
+    if config.jellyfin.enabled {
+        tokio::spawn(jellyfin::run(
+            config.clone(),
+            control.clone(),
+            jellyfin_state_tx,
+            shutdown_rx.clone(),
+        ));
+    }
+    if config.status.enabled {
+        match status::bind(&config.status.listen).await {
+            Ok(listener) => {
+                tokio::spawn(status::serve(
+                    listener,
+                    control.clone(),
+                    jellyfin_state_rx,
+                    shutdown_rx.clone(),
+                ));
+            }
+            // The page is a convenience: the speaker plays on without it.
+            Err(e) => warn!("status page disabled: {e}"),
+        }
+    }
+
+    match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+        Ok(Ok(Ok(()))) | Err(_) | Ok(Err(_)) => {}
+        Ok(Ok(Err(message))) => warn!("{message}; still trying"),
+    }
+    systemd::notify_ready();
+    systemd::notify_status(&format!("\"{}\" is ready", config.name));
+    info!("speaker \"{}\" is ready", config.name);
+
+    let code = wait_for_signal(&heartbeat_check(heartbeat, watchdog_poll)).await;
+
+    // Shutdown: announce, stop the tasks, give them a moment, go.
+    systemd::notify_stopping();
+    info!("stopping");
+    shutdown_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_millis(1200), supervisor_task).await;
+    if let Some(task) = discovery_task {
+        let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), memory_task).await;
+    player.stop();
+    code
+}
+
+/// A closure that says whether the supervisor is alive (heartbeat fresh within 3 polls).
+fn heartbeat_check(
+    heartbeat: crate::connect::supervisor::Heartbeat,
+    poll: Duration,
+) -> impl Fn() -> bool {
+    move || heartbeat.age() <= poll * 3
+}
+
+/// Waits for SIGTERM/SIGINT, feeding the systemd watchdog while the supervisor lives.
+async fn wait_for_signal(alive: &impl Fn() -> bool) -> ExitCode {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_ENVIRONMENT);
+        }
+    };
+    let period = systemd::watchdog_interval().unwrap_or(Duration::from_secs(3600));
+    let mut watchdog = tokio::time::interval(period);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return ExitCode::SUCCESS,
+            _ = int.recv() => return ExitCode::SUCCESS,
+            _ = watchdog.tick() => {
+                if alive() {
+                    systemd::notify_watchdog();
+                    warned = false;
+                } else if !warned {
+                    // Let systemd's watchdog restart a wedged supervisor.
+                    error!("the Spotify supervisor stopped responding; not feeding the watchdog");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+/// Percent (0-100) to Spotify's 0..=65535.
+fn percent_to_volume(percent: u8) -> u16 {
+    let scaled = u32::from(percent.min(100)) * u32::from(MAX_VOLUME) / 100;
+    u16::try_from(scaled).unwrap_or(MAX_VOLUME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_maps_onto_spotify_scale() {
+        assert_eq!(percent_to_volume(0), 0);
+        assert_eq!(percent_to_volume(100), u16::MAX);
+        assert_eq!(percent_to_volume(50), 32767);
+    }
 }

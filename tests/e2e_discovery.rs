@@ -1,7 +1,7 @@
 //! End to end on the built binary: the speaker announces itself over real mDNS, answers the
 //! zeroconf `getInfo` request the Spotify app sends, and stops cleanly on SIGTERM.
 //!
-//! Runs inside a network namespace with a dummy interface, so the multicast traffic stays on this
+//! Runs inside a network namespace with its own interface, so the multicast traffic stays on this
 //! machine. The mDNS client is the `mdns-sd` crate, not our code, browsing from a thread that
 //! joined the namespace.
 
@@ -32,7 +32,7 @@ fn speaker_is_discoverable_answers_get_info_and_stops_on_sigterm() {
     if !netns::root_or_skip("speaker_is_discoverable_answers_get_info_and_stops_on_sigterm") {
         return;
     }
-    let ns = NetNs::with_dummy("pisp-e2e", SPEAKER_ADDR);
+    let ns = NetNs::with_lan("pisp-e2e", SPEAKER_ADDR);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let cache = dir.path().join("state");
@@ -78,7 +78,7 @@ fn speaker_is_discoverable_answers_get_info_and_stops_on_sigterm() {
 
     let info: serde_json::Value = serde_json::from_str(&info).expect("getInfo returns JSON");
     assert_eq!(info["remoteName"], name.as_str());
-    assert_eq!(info["deviceType"], "SPEAKER");
+    assert_eq!(info["deviceType"], "Speaker");
     let device_id = info["deviceID"].as_str().expect("deviceID");
     assert_eq!(
         device_id.len(),

@@ -110,7 +110,6 @@ impl VolumeControl for AlsaControl {
         } else {
             None
         };
-        drop(selem);
         self.handle = Some(handle);
         Ok(ControlRange { min, max, db })
     }
@@ -281,6 +280,49 @@ impl<C: VolumeControl + 'static> Mixer for HardwareMixer<C> {
     }
 }
 
+/// Software volume: librespot's `SoftMixer` does the attenuation, but it reports the volume back
+/// through a float round trip that loses a step now and then (1234 comes back as 1233), which a
+/// reconnect would turn into a slow slide downwards. This wrapper answers with exactly the value
+/// last set.
+pub struct SoftwareMixer {
+    inner: SoftMixer,
+    volume: std::sync::atomic::AtomicU16,
+}
+
+impl SoftwareMixer {
+    pub fn new(inner: SoftMixer) -> Self {
+        let volume = inner.volume();
+        Self {
+            inner,
+            volume: std::sync::atomic::AtomicU16::new(volume),
+        }
+    }
+}
+
+impl Mixer for SoftwareMixer {
+    fn open(config: MixerConfig) -> Result<Self, LibrespotError> {
+        SoftMixer::open(config).map(Self::new)
+    }
+
+    fn volume(&self) -> u16 {
+        self.volume.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_volume(&self, volume: u16) {
+        if self
+            .volume
+            .swap(volume, std::sync::atomic::Ordering::SeqCst)
+            != volume
+        {
+            self.inner.set_volume(volume);
+        }
+    }
+
+    fn get_soft_volume(&self) -> Box<dyn VolumeGetter + Send> {
+        self.inner.get_soft_volume()
+    }
+}
+
 /// Which mixer to open (from the configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixerSettings {
@@ -342,7 +384,7 @@ pub fn open_mixer(settings: &MixerSettings) -> Result<OpenedMixer, AudioError> {
         VolumeCurveKind::Linear => VolumeCtrl::Linear,
         VolumeCurveKind::Fixed => VolumeCtrl::Fixed,
     };
-    let soft = SoftMixer::open(MixerConfig {
+    let soft = SoftwareMixer::open(MixerConfig {
         volume_ctrl,
         ..MixerConfig::default()
     })
@@ -493,6 +535,48 @@ pub(crate) mod tests {
         assert_eq!(mixer.volume(), MAX_VOLUME);
         mixer.set_volume(0);
         assert_eq!(sim.writes.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_unusable_control_is_an_error_that_lists_the_machine_and_names_the_keys() {
+        let settings = MixerSettings {
+            use_hardware: true,
+            device: "hw:CARD=pispeaker-no-such-card".into(),
+            control: "Digital".into(),
+            index: 0,
+            curve: VolumeCurveKind::Log,
+            range_db: 60.0,
+        };
+        let err = match open_mixer(&settings) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a missing card must not open"),
+        };
+        assert!(err.contains("\"Digital\",0"), "{err}");
+        assert!(err.contains("alsa-mixer-control"), "{err}");
+        if Inventory::read().cards.is_empty() {
+            assert!(err.contains("no sound cards"), "{err}");
+        }
+    }
+
+    #[test]
+    fn softvol_needs_no_device() {
+        let settings = MixerSettings {
+            use_hardware: false,
+            device: "hw:CARD=pispeaker-no-such-card".into(),
+            control: "x".into(),
+            index: 0,
+            curve: VolumeCurveKind::Log,
+            range_db: 60.0,
+        };
+        let opened = open_mixer(&settings).map_err(|e| e.to_string()).unwrap();
+        assert!(!opened.hardware);
+        for v in [1234u16, 1, 65535, 40000] {
+            opened.mixer.set_volume(v);
+            for _ in 0..100 {
+                opened.mixer.set_volume(opened.mixer.volume());
+            }
+            assert_eq!(opened.mixer.volume(), v, "software volume drifts");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod curve;
 mod devices;
 mod mixer;
 mod sink;
+mod volume_memory;
 
 pub use curve::{ControlRange, VolumeCurveKind, VolumeMapping, MAX_VOLUME};
 pub use devices::{check_pcm, has_sound_card, AudioError, Inventory};
@@ -11,6 +12,7 @@ pub use mixer::{
     open_mixer, AlsaControl, HardwareMixer, MixerSettings, OpenedMixer, VolumeControl,
 };
 pub use sink::{alsa_sink, null_sink, NullSink, ResilientSink, SinkFactory};
+pub use volume_memory::VolumeMemory;
 
 #[cfg(test)]
 pub(crate) use mixer::tests::SimControl;

@@ -10,5 +10,6 @@ pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
 mod fake_backend;
+pub mod librespot_backend;
 pub mod session;
 pub mod supervisor;

@@ -186,23 +186,24 @@ async fn a_hundred_losses_keep_the_session_id() {
         }
         h.wait_sessions(i + 2).await;
     }
-    let world = h.world.lock().unwrap();
-    assert_eq!(
-        world.requests[0].1.session_id, None,
-        "first connect has no id to keep"
-    );
-    for (n, (_, request)) in world.requests.iter().enumerate().skip(1) {
+    {
+        let world = h.world.lock().unwrap();
         assert_eq!(
-            request.session_id.as_deref(),
-            Some(first_id.as_str()),
-            "reconnect {n}"
+            world.requests[0].1.session_id, None,
+            "first connect has no id to keep"
         );
+        for (n, (_, request)) in world.requests.iter().enumerate().skip(1) {
+            assert_eq!(
+                request.session_id.as_deref(),
+                Some(first_id.as_str()),
+                "reconnect {n}"
+            );
+        }
+        for s in &world.sessions {
+            assert_eq!(s.id, first_id);
+        }
+        assert_eq!(world.sessions.len(), 101);
     }
-    for s in &world.sessions {
-        assert_eq!(s.id, first_id);
-    }
-    assert_eq!(world.sessions.len(), 101);
-    drop(world);
     assert_eq!(h.handle.status().reconnect_count, 100);
     h.stop().await;
 }
@@ -222,14 +223,16 @@ async fn each_reconnect_starts_with_the_live_volume_and_never_drifts() {
         h.session(i).lose(Some("connection reset"));
         h.wait_sessions(i + 2).await;
         let expected = h.mixer.volume();
-        let world = h.world.lock().unwrap();
-        let (_, request) = world.requests.last().unwrap();
-        assert_eq!(request.initial_volume, expected, "cycle {i}: live volume");
-        assert_eq!(
-            h.sim.raw.load(Ordering::SeqCst),
-            knob,
-            "cycle {i}: no drift"
-        );
+        {
+            let world = h.world.lock().unwrap();
+            let (_, request) = world.requests.last().unwrap();
+            assert_eq!(request.initial_volume, expected, "cycle {i}: live volume");
+            assert_eq!(
+                h.sim.raw.load(Ordering::SeqCst),
+                knob,
+                "cycle {i}: no drift"
+            );
+        }
     }
     assert_eq!(
         h.sim.writes.load(Ordering::SeqCst),
@@ -248,16 +251,17 @@ async fn playing_at_loss_plays_exactly_once_after_reconnect() {
     h.session(0).lose(Some("connection reset"));
     h.wait_sessions(2).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let world = h.world.lock().unwrap();
-    assert_eq!(world.plays_on(1), 1);
-    assert!(
-        !world
-            .commands
-            .iter()
-            .any(|(_, s, c)| *s == 1 && *c == SessionCommand::Transfer),
-        "automatic transfer came: no fallback"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert_eq!(world.plays_on(1), 1);
+        assert!(
+            !world
+                .commands
+                .iter()
+                .any(|(_, s, c)| *s == 1 && *c == SessionCommand::Transfer),
+            "automatic transfer came: no fallback"
+        );
+    }
     h.stop().await;
 }
 
@@ -299,14 +303,15 @@ async fn loss_during_reconnect_keeps_the_users_intent() {
     h.world.lock().unwrap().auto_transfer = true;
     h.wait_sessions(3).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let world = h.world.lock().unwrap();
-    assert_eq!(world.plays_on(1), 0, "never activated");
-    assert_eq!(
-        world.plays_on(2),
-        1,
-        "intent survived two losses and a failed attempt"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert_eq!(world.plays_on(1), 0, "never activated");
+        assert_eq!(
+            world.plays_on(2),
+            1,
+            "intent survived two losses and a failed attempt"
+        );
+    }
     h.stop().await;
 }
 
@@ -412,13 +417,14 @@ async fn transient_errors_never_stop_the_loop() {
         |w| !w.sessions.is_empty(),
     )
     .await;
-    let world = h.world.lock().unwrap();
-    assert_eq!(world.requests.len(), 31);
-    assert!(world
-        .requests
-        .iter()
-        .all(|(_, r)| r.credentials == creds("u")));
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert_eq!(world.requests.len(), 31);
+        assert!(world
+            .requests
+            .iter()
+            .all(|(_, r)| r.credentials == creds("u")));
+    }
     assert!(h.store.0.lock().unwrap().set_aside.is_empty());
     h.stop().await;
 }
@@ -451,11 +457,12 @@ async fn revoked_credentials_go_back_to_discovery() {
     // The user picks the speaker again in the app.
     h.discovered.send(creds("new")).await.unwrap();
     h.wait_sessions(1).await;
-    let world = h.world.lock().unwrap();
-    let (_, request) = world.requests.last().unwrap();
-    assert_eq!(request.credentials, creds("new"));
-    assert_eq!(request.session_id, None);
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let (_, request) = world.requests.last().unwrap();
+        assert_eq!(request.credentials, creds("new"));
+        assert_eq!(request.session_id, None);
+    }
     assert!(
         h.store.0.lock().unwrap().saved >= 1,
         "new reusable credentials cached"
@@ -494,13 +501,14 @@ async fn control_commands_are_answered_in_every_state() {
     );
     h.wait_sessions(2).await;
     assert_eq!(h.handle.send(Command::SetVolume(1000)).await, Ok(()));
-    let world = h.world.lock().unwrap();
-    let sent: Vec<SessionCommand> = world.commands.iter().map(|(_, _, c)| *c).collect();
-    assert!(sent.contains(&SessionCommand::Next));
-    assert!(sent.contains(&SessionCommand::Seek(5)));
-    assert!(sent.contains(&SessionCommand::SetVolume(1000)));
-    assert!(!sent.contains(&SessionCommand::Pause));
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let sent: Vec<SessionCommand> = world.commands.iter().map(|(_, _, c)| *c).collect();
+        assert!(sent.contains(&SessionCommand::Next));
+        assert!(sent.contains(&SessionCommand::Seek(5)));
+        assert!(sent.contains(&SessionCommand::SetVolume(1000)));
+        assert!(!sent.contains(&SessionCommand::Pause));
+    }
     h.stop().await;
 }
 
@@ -520,18 +528,19 @@ async fn transfer_fallback_after_the_timeout() {
             .any(|(_, s, c)| *s == 1 && *c == SessionCommand::Transfer)
     })
     .await;
-    let world = h.world.lock().unwrap();
-    let transfer_at = world
-        .commands
-        .iter()
-        .find(|(_, s, c)| *s == 1 && *c == SessionCommand::Transfer)
-        .unwrap()
-        .0;
-    assert!(
-        transfer_at - connected >= Duration::from_millis(9_900),
-        "waited the timeout"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let transfer_at = world
+            .commands
+            .iter()
+            .find(|(_, s, c)| *s == 1 && *c == SessionCommand::Transfer)
+            .unwrap()
+            .0;
+        assert!(
+            transfer_at - connected >= Duration::from_millis(9_900),
+            "waited the timeout"
+        );
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.world.lock().unwrap().plays_on(1), 1);
     h.stop().await;
@@ -564,17 +573,18 @@ async fn external_volume_changes_flow_back_within_a_second() {
         .0;
     assert!(at - turned <= Duration::from_secs(1));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let world = h.world.lock().unwrap();
-    let reports = world
-        .commands
-        .iter()
-        .filter(|(_, _, c)| matches!(c, SessionCommand::SetVolume(_)))
-        .count();
-    assert_eq!(
-        reports, 2,
-        "one sync at activation, one for the knob; no loop"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let reports = world
+            .commands
+            .iter()
+            .filter(|(_, _, c)| matches!(c, SessionCommand::SetVolume(_)))
+            .count();
+        assert_eq!(
+            reports, 2,
+            "one sync at activation, one for the knob; no loop"
+        );
+    }
     assert_eq!(
         h.sim.writes.load(Ordering::SeqCst),
         writes,
@@ -593,13 +603,14 @@ async fn a_new_user_takes_over_without_backoff() {
     let before = Instant::now();
     h.discovered.send(creds("b")).await.unwrap();
     h.wait_sessions(2).await;
-    let world = h.world.lock().unwrap();
-    let (at, request) = world.requests.last().unwrap();
-    assert!(*at - before < Duration::from_millis(100));
-    assert_eq!(request.credentials, creds("b"));
-    assert_eq!(request.session_id, None);
-    assert_ne!(world.sessions[1].id, world.sessions[0].id);
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let (at, request) = world.requests.last().unwrap();
+        assert!(*at - before < Duration::from_millis(100));
+        assert_eq!(request.credentials, creds("b"));
+        assert_eq!(request.session_id, None);
+        assert_ne!(world.sessions[1].id, world.sessions[0].id);
+    }
     h.stop().await;
 }
 
@@ -616,15 +627,17 @@ async fn overhead_from_network_back_to_play() {
         h.wait_sessions(i + 2).await;
         h.until(Duration::from_secs(5), "play", |w| w.plays_on(i + 1) == 1)
             .await;
-        let world = h.world.lock().unwrap();
-        let attempt = world.requests.last().unwrap().0;
-        let play = world
-            .commands
-            .iter()
-            .find(|(_, s, c)| *s == i + 1 && *c == SessionCommand::Play)
-            .unwrap()
-            .0;
-        worst = worst.max(play - attempt);
+        {
+            let world = h.world.lock().unwrap();
+            let attempt = world.requests.last().unwrap().0;
+            let play = world
+                .commands
+                .iter()
+                .find(|(_, s, c)| *s == i + 1 && *c == SessionCommand::Play)
+                .unwrap()
+                .0;
+            worst = worst.max(play - attempt);
+        }
     }
     println!(
         "supervisor overhead from network back to play(): {} ms (worst of 20 cycles)",

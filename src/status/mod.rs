@@ -1,5 +1,7 @@
 //! The status page (served by the daemon) and `pispeaker status` (its client).
 
-mod client;
+pub(crate) mod client;
+mod server;
 
 pub use client::print_status;
+pub use server::{bind, serve, status_json};

@@ -51,12 +51,16 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// A namespace with loopback up and a dummy interface `d0` carrying `addr/24`, with a
-    /// multicast route, so mDNS works inside it and never leaves the machine.
-    pub fn with_dummy(prefix: &str, addr: &str) -> NetNs {
+    /// A namespace with loopback up and an interface `d0` carrying `addr/24`, with a multicast
+    /// route, so mDNS works inside it and never leaves the machine. (`d0` is one end of a veth
+    /// pair whose other end stays in the namespace: not every kernel has the dummy driver.)
+    pub fn with_lan(prefix: &str, addr: &str) -> NetNs {
         let ns = NetNs::new(prefix);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns.exec(&["ip", "link", "add", "d0", "type", "dummy"]);
+        ns.exec(&[
+            "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+        ]);
+        ns.exec(&["ip", "link", "set", "d1", "up"]);
         ns.exec(&["ip", "link", "set", "d0", "multicast", "on"]);
         ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "d0"]);
         ns.exec(&["ip", "link", "set", "d0", "up"]);

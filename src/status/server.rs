@@ -1,0 +1,280 @@
+//! The status page: a read-only HTTP server for the LAN at `/` (HTML) and `/status.json`.
+//!
+//! It only reads snapshots published by the supervisor and the Jellyfin sidecar, so a slow or
+//! hostile client can never delay playback. Requests from outside the local network (by peer
+//! address) get 403; anything but GET/HEAD gets 405.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use log::{debug, info};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audio::MAX_VOLUME;
+use crate::connect::control::{ControlHandle, SpeakerStatus};
+use crate::jellyfin::JellyfinState;
+
+/// Binds the listen address from the config.
+pub async fn bind(listen: &str) -> Result<TcpListener, String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("status listen address {listen:?} is not address:port"))?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (change [status] listen)"))
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    control: ControlHandle,
+    jellyfin: watch::Receiver<JellyfinState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!("status page on http://{addr}/");
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    debug!("status page accept: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let control = control.clone();
+        let jellyfin = jellyfin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&request, peer.ip(), &control.status(), &jellyfin.borrow());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!("status page connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// The whole page logic, pure so it is tested without sockets.
+pub fn respond(
+    request: &Request<Incoming>,
+    peer: IpAddr,
+    status: &SpeakerStatus,
+    jellyfin: &JellyfinState,
+) -> Response<Full<Bytes>> {
+    route(
+        request.method(),
+        request.uri().path(),
+        peer,
+        status,
+        jellyfin,
+    )
+}
+
+fn route(
+    method: &Method,
+    path: &str,
+    peer: IpAddr,
+    status: &SpeakerStatus,
+    jellyfin: &JellyfinState,
+) -> Response<Full<Bytes>> {
+    if !is_local(peer) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "the status page is for the local network only\n",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "read-only\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let json = status_json(status, jellyfin);
+    let (body, content_type) = match path {
+        "/status.json" => (json.to_string(), "application/json"),
+        "/" => (html(&json), "text/html; charset=utf-8"),
+        _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let body = if method == Method::HEAD {
+        String::new()
+    } else {
+        body
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn plain(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Loopback, private (RFC 1918 / ULA) and link-local peers.
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// The JSON document (also what `pispeaker status` and `drop-test` read).
+pub fn status_json(status: &SpeakerStatus, jellyfin: &JellyfinState) -> Value {
+    let percent = (f64::from(status.volume) * 100.0 / f64::from(MAX_VOLUME)).round();
+    json!({
+        "name": status.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "volume_percent": percent,
+        "spotify": {
+            "state": status.spotify,
+            "reconnect_count": status.reconnect_count,
+            "last_loss": status.last_loss,
+            "playing": status.playing,
+            "position_ms": status.position_ms,
+            "track": status.track,
+            "volume": status.volume,
+        },
+        "jellyfin": jellyfin,
+    })
+}
+
+fn html(json: &Value) -> String {
+    let text = crate::status::client::render(json);
+    let name = escape(json["name"].as_str().unwrap_or("pispeaker"));
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\"><title>{name}</title>\
+<style>body{{font-family:sans-serif;margin:2em}}pre{{font-size:1.1em}}</style></head>\
+<body><h1>{name}</h1><pre>{}</pre><p><a href=\"/status.json\">status.json</a></p></body></html>\n",
+        escape(&text)
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::control::{LossRecord, SpotifyState};
+
+    fn status() -> SpeakerStatus {
+        let mut s = SpeakerStatus::new("Kitchen <b>", 32768);
+        s.spotify = SpotifyState::Connected;
+        s.reconnect_count = 3;
+        s.last_loss = Some(LossRecord {
+            reason: "keep-alive timeout".into(),
+            at: std::time::SystemTime::UNIX_EPOCH,
+        });
+        s
+    }
+
+    fn body(r: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = futures_util::FutureExt::now_or_never(r.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    const LAN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 1, 20));
+
+    #[test]
+    fn json_has_what_the_page_promises() {
+        let r = route(
+            &Method::GET,
+            "/status.json",
+            LAN,
+            &status(),
+            &JellyfinState::Pairing {
+                code: "123456".into(),
+            },
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = serde_json::from_str(&body(r)).unwrap();
+        assert_eq!(v["name"], "Kitchen <b>");
+        assert_eq!(v["spotify"]["state"], "connected");
+        assert_eq!(v["spotify"]["reconnect_count"], 3);
+        assert_eq!(v["spotify"]["last_loss"]["reason"], "keep-alive timeout");
+        assert_eq!(v["volume_percent"], 50.0);
+        assert_eq!(v["jellyfin"]["state"], "pairing");
+        assert_eq!(v["jellyfin"]["code"], "123456");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        let page = body(route(
+            &Method::GET,
+            "/",
+            LAN,
+            &status(),
+            &JellyfinState::Disabled,
+        ));
+        assert!(page.contains("Kitchen &lt;b&gt;"));
+        assert!(!page.contains("Kitchen <b>"));
+    }
+
+    #[test]
+    fn read_only_and_lan_only() {
+        let r = route(&Method::POST, "/", LAN, &status(), &JellyfinState::Disabled);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let outside = IpAddr::V4(std::net::Ipv4Addr::new(8, 8, 8, 8));
+        let r = route(
+            &Method::GET,
+            "/status.json",
+            outside,
+            &status(),
+            &JellyfinState::Disabled,
+        );
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(is_local("::1".parse().unwrap()));
+        assert!(is_local("fd00::5".parse().unwrap()));
+        assert!(is_local("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!is_local("2001:db8::1".parse().unwrap()));
+        let r = route(
+            &Method::GET,
+            "/nope",
+            LAN,
+            &status(),
+            &JellyfinState::Disabled,
+        );
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+}
