@@ -1,11 +1,33 @@
-//! The Jellyfin sidecar: the speaker as a Jellyfin session.
+//! The Jellyfin sidecar: the speaker as a live, controllable Jellyfin session.
+//!
+//! It runs beside the Spotify supervisor and talks to it only through the [`ControlHandle`]
+//! (commands, status, playback events). Nothing here can delay Spotify: every request has a
+//! timeout, reports go through their own queue, and failures only change what the status page
+//! says. A Spotify reconnect is invisible here, so it never creates a second Jellyfin session;
+//! the DeviceId is stable and there is only ever one socket.
 
+mod api;
+mod identity;
+mod messages;
+mod reporter;
+mod socket;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use log::{info, warn};
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use api::{Api, ApiError, SUPPORTED_COMMANDS};
+pub use identity::{Identity, JellyfinFiles, CLIENT};
+pub use messages::{percent_to_volume, volume_to_percent};
+pub use socket::Liveness;
 
 use crate::config::Config;
+use crate::connect::backoff::Backoff;
 use crate::connect::control::ControlHandle;
 
 /// What the status page shows about Jellyfin.
@@ -25,25 +47,302 @@ pub enum JellyfinState {
     },
 }
 
-/// Message for the parts of Jellyfin support that are not in this version yet.
-const NOT_YET: &str = "Jellyfin support is not in this version of pispeaker yet";
-
-/// The sidecar task. Until it is built, an enabled `[jellyfin]` section is reported (log and
-/// status page) instead of being silently ignored.
-pub async fn run(
-    _config: Config,
-    _control: ControlHandle,
-    state: watch::Sender<JellyfinState>,
-    _shutdown: watch::Receiver<bool>,
-) {
-    log::warn!("{NOT_YET}: the [jellyfin] section is ignored");
-    state.send_replace(JellyfinState::Retrying {
-        last_error: NOT_YET.to_string(),
-    });
+/// Everything the sidecar needs, with the timings explicit (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct JellyfinSettings {
+    pub server: String,
+    pub device_name: String,
+    pub state_dir: PathBuf,
+    pub token_file: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub liveness: Liveness,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub quick_connect_poll: Duration,
+    pub progress_every: Duration,
 }
 
-/// `pispeaker jellyfin pair`.
-pub async fn pair_interactive(_config: Config, _server: Option<String>) -> ExitCode {
-    eprintln!("{NOT_YET}: nothing to pair");
-    ExitCode::from(1)
+impl JellyfinSettings {
+    pub fn from_config(config: &Config, server: String) -> Self {
+        Self {
+            server,
+            device_name: config.name.clone(),
+            state_dir: config.cache.clone(),
+            token_file: config.jellyfin.token_file.clone(),
+            request_timeout: Duration::from_secs(10),
+            liveness: Liveness {
+                ping_every: Duration::from_secs(15),
+                dead_after: Duration::from_secs(45),
+                capabilities_every: Duration::from_secs(60),
+            },
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            quick_connect_poll: Duration::from_secs(5),
+            progress_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sidecar task for the daemon.
+pub async fn run(
+    config: Config,
+    control: ControlHandle,
+    state: watch::Sender<JellyfinState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(server) = config.jellyfin.server.clone() else {
+        warn!(
+            "[jellyfin] is enabled but has no server: set [jellyfin] server = \"http://host:8096\""
+        );
+        state.send_replace(JellyfinState::Retrying {
+            last_error: "no server configured".into(),
+        });
+        return;
+    };
+    run_with(
+        JellyfinSettings::from_config(&config, server),
+        control,
+        state,
+        shutdown,
+    )
+    .await;
+}
+
+/// The sidecar with explicit settings.
+pub async fn run_with(
+    settings: JellyfinSettings,
+    control: ControlHandle,
+    state: watch::Sender<JellyfinState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let files = JellyfinFiles::new(&settings.state_dir);
+    let device_id = match files.device_id() {
+        Ok(id) => id,
+        Err(e) => {
+            warn!("cannot store the Jellyfin device id: {e}");
+            state.send_replace(JellyfinState::Retrying {
+                last_error: format!("cannot store the device id: {e}"),
+            });
+            return;
+        }
+    };
+    let identity = Identity {
+        device: settings.device_name.clone(),
+        device_id,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut api = match Api::new(&settings.server, identity, settings.request_timeout) {
+        Ok(api) => api,
+        Err(e) => {
+            state.send_replace(JellyfinState::Retrying {
+                last_error: e.to_string(),
+            });
+            return;
+        }
+    };
+    let token = files.token().or_else(|| {
+        settings
+            .token_file
+            .as_deref()
+            .and_then(|path| files.adopt_token_file(path))
+    });
+    api.set_token(token);
+
+    let (api_tx, api_rx) = watch::channel(None::<Api>);
+    let reporter = tokio::spawn(reporter::run(
+        control.subscribe_events(),
+        control.watch_status(),
+        api_rx,
+        settings.progress_every,
+        shutdown.clone(),
+    ));
+
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if !api.has_token() {
+            api_tx.send_replace(None);
+            match pair(&api, &settings, &state, &mut shutdown).await {
+                Some(token) => {
+                    if let Err(e) = files.store_token(&token) {
+                        warn!("cannot store the Jellyfin token: {e}; pairing will be needed again after a restart");
+                    }
+                    info!("paired with Jellyfin");
+                    api.set_token(Some(token));
+                }
+                None => break,
+            }
+        }
+        api_tx.send_replace(Some(api.clone()));
+        let error = match api.post_capabilities().await {
+            Err(ApiError::Unauthorized) => {
+                files.reject_token();
+                api.set_token(None);
+                continue;
+            }
+            Err(e) => e.to_string(),
+            Ok(()) => {
+                let up_since = Instant::now();
+                let on_connected = async {
+                    // Capabilities live only in server memory: again after every (re)connect.
+                    api.post_capabilities().await.map_err(|e| e.to_string())?;
+                    state.send_replace(JellyfinState::Connected {
+                        server: settings.server.clone(),
+                    });
+                    Ok(())
+                };
+                let end = socket::serve(
+                    &api,
+                    &control,
+                    settings.liveness,
+                    &mut shutdown,
+                    on_connected,
+                )
+                .await;
+                if up_since.elapsed() >= Duration::from_secs(60) {
+                    backoff.reset();
+                }
+                match end {
+                    socket::SocketEnd::Shutdown => break,
+                    socket::SocketEnd::Lost(why) => why,
+                }
+            }
+        };
+        let delay = backoff.next_delay();
+        warn!(
+            "Jellyfin: {error}; retrying in {:.1} s",
+            delay.as_secs_f64()
+        );
+        state.send_replace(JellyfinState::Retrying { last_error: error });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
+}
+
+/// Quick Connect until approved (code on the status page and in the log). `None` on shutdown.
+async fn pair(
+    api: &Api,
+    settings: &JellyfinSettings,
+    state: &watch::Sender<JellyfinState>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+    loop {
+        let attempt = async {
+            if !api.quick_connect_enabled().await? {
+                return Err(ApiError::Protocol(
+                    "Quick Connect is disabled on the server (Dashboard → General → Quick Connect), or provide a token file".into(),
+                ));
+            }
+            api.quick_connect_initiate().await
+        };
+        let quick = tokio::select! {
+            result = attempt => result,
+            _ = shutdown.changed() => return None,
+        };
+        let quick = match quick {
+            Ok(q) => q,
+            Err(e) => {
+                state.send_replace(JellyfinState::Retrying {
+                    last_error: e.to_string(),
+                });
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        };
+        info!(
+            "Jellyfin Quick Connect code: {} — approve it in Jellyfin under your profile → Quick Connect",
+            quick.code
+        );
+        state.send_replace(JellyfinState::Pairing {
+            code: quick.code.clone(),
+        });
+        let expires = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < expires {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.quick_connect_poll) => {}
+                _ = shutdown.changed() => return None,
+            }
+            match api.quick_connect_approved(&quick.secret).await {
+                Ok(true) => match api.authenticate_with_quick_connect(&quick.secret).await {
+                    Ok(token) => return Some(token),
+                    Err(e) => {
+                        warn!("Jellyfin Quick Connect was approved but authentication failed: {e}");
+                        break;
+                    }
+                },
+                Ok(false) => {}
+                Err(ApiError::Status(404)) => break, // expired: start over
+                Err(e) => log::debug!("Quick Connect poll: {e}"),
+            }
+        }
+    }
+}
+
+/// `pispeaker jellyfin pair [--server URL]`: pairs from a terminal and stores the token where the
+/// daemon finds it.
+pub async fn pair_interactive(config: Config, server: Option<String>) -> ExitCode {
+    let Some(server) = server.or_else(|| config.jellyfin.server.clone()) else {
+        eprintln!("give the server: pispeaker jellyfin pair --server http://jellyfin.local:8096");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = crate::config::check_state_dir(&config.cache) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
+    let settings = JellyfinSettings::from_config(&config, server.clone());
+    let files = JellyfinFiles::new(&settings.state_dir);
+    let identity = match files.device_id() {
+        Ok(device_id) => Identity {
+            device: settings.device_name.clone(),
+            device_id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        Err(e) => {
+            eprintln!(
+                "cannot store the Jellyfin device id in {}: {e}",
+                settings.state_dir.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let api = match Api::new(&server, identity, settings.request_timeout) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (state, mut state_rx) = watch::channel(JellyfinState::Disabled);
+    let (_stop, mut shutdown) = watch::channel(false);
+    let printer = tokio::spawn(async move {
+        while state_rx.changed().await.is_ok() {
+            match &*state_rx.borrow() {
+                JellyfinState::Pairing { code } => println!("Quick Connect code: {code}\nApprove it in Jellyfin: your profile → Quick Connect. Waiting…"),
+                JellyfinState::Retrying { last_error } => eprintln!("{server}: {last_error}; retrying"),
+                _ => {}
+            }
+        }
+    });
+    let token = pair(&api, &settings, &state, &mut shutdown).await;
+    printer.abort();
+    match token.map(|t| files.store_token(&t)) {
+        Some(Ok(())) => {
+            println!("paired; the speaker will use this token from now on");
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("paired, but the token could not be stored: {e}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::from(1),
+    }
 }

@@ -1,0 +1,197 @@
+//! The Jellyfin HTTP API the speaker uses: Quick Connect, capabilities, playback reports.
+//!
+//! Every request has a timeout: a slow or dead server must never hold up anything, least of all
+//! the Spotify side, which this module never touches.
+
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use url::Url;
+
+use super::identity::Identity;
+
+/// Commands the speaker really handles (GeneralCommandType names only: PlaystateCommand names
+/// such as Stop or Seek make the server answer 400).
+pub const SUPPORTED_COMMANDS: &[&str] = &[
+    "SetVolume",
+    "VolumeUp",
+    "VolumeDown",
+    "Mute",
+    "Unmute",
+    "ToggleMute",
+];
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("the server rejected the token (401)")]
+    Unauthorized,
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Network(String),
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+/// A Quick Connect request waiting for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuickConnect {
+    pub secret: String,
+    pub code: String,
+}
+
+/// One server, seen by one identity.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: Client,
+    base: Url,
+    pub identity: Identity,
+    token: Option<String>,
+}
+
+impl Api {
+    pub fn new(server: &str, identity: Identity, timeout: Duration) -> Result<Self, ApiError> {
+        let mut base = Url::parse(server)
+            .map_err(|e| ApiError::Protocol(format!("server URL {server:?}: {e}")))?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ApiError::Network(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            identity,
+            token: None,
+        })
+    }
+
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `ws(s)://host[/base]/socket`.
+    pub fn socket_url(&self) -> Result<Url, ApiError> {
+        let mut url = self.url("socket")?;
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .map_err(|_| ApiError::Protocol("cannot build the socket URL".into()))?;
+        Ok(url)
+    }
+
+    pub fn authorization(&self) -> String {
+        self.identity.authorization(self.token.as_deref())
+    }
+
+    fn url(&self, path: &str) -> Result<Url, ApiError> {
+        self.base
+            .join(path)
+            .map_err(|e| ApiError::Protocol(format!("{path}: {e}")))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiError> {
+        let response = request
+            .header("Authorization", self.authorization())
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(describe(e)))?;
+        match response.status() {
+            StatusCode::UNAUTHORIZED => Err(ApiError::Unauthorized),
+            s if s.is_success() => Ok(response),
+            s => Err(ApiError::Status(s.as_u16())),
+        }
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ApiError> {
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ApiError::Protocol(e.to_string()))
+    }
+
+    pub async fn quick_connect_enabled(&self) -> Result<bool, ApiError> {
+        let v = self
+            .json(self.http.get(self.url("QuickConnect/Enabled")?))
+            .await?;
+        Ok(v.as_bool().unwrap_or(false))
+    }
+
+    pub async fn quick_connect_initiate(&self) -> Result<QuickConnect, ApiError> {
+        let v = self
+            .json(self.http.post(self.url("QuickConnect/Initiate")?))
+            .await?;
+        match (v["Secret"].as_str(), v["Code"].as_str()) {
+            (Some(secret), Some(code)) => Ok(QuickConnect {
+                secret: secret.to_string(),
+                code: code.to_string(),
+            }),
+            _ => Err(ApiError::Protocol(
+                "Quick Connect answer without Secret/Code".into(),
+            )),
+        }
+    }
+
+    /// Whether the user approved the code; `Err(Status(404))` once it expired.
+    pub async fn quick_connect_approved(&self, secret: &str) -> Result<bool, ApiError> {
+        let mut url = self.url("QuickConnect/Connect")?;
+        url.query_pairs_mut().append_pair("secret", secret);
+        let v = self.json(self.http.get(url)).await?;
+        Ok(v["Authenticated"].as_bool().unwrap_or(false))
+    }
+
+    /// Exchanges an approved secret for an access token.
+    pub async fn authenticate_with_quick_connect(&self, secret: &str) -> Result<String, ApiError> {
+        let request = self
+            .http
+            .post(self.url("Users/AuthenticateWithQuickConnect")?)
+            .json(&json!({ "Secret": secret }));
+        let v = self.json(request).await?;
+        v["AccessToken"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::Protocol("authentication answer without AccessToken".into()))
+    }
+
+    /// Registers (or refreshes) the session: the bare ClientCapabilitiesDto.
+    pub async fn post_capabilities(&self) -> Result<(), ApiError> {
+        let body = json!({
+            "PlayableMediaTypes": ["Audio"],
+            "SupportedCommands": SUPPORTED_COMMANDS,
+            "SupportsMediaControl": true,
+            "SupportsPersistentIdentifier": true,
+        });
+        let request = self
+            .http
+            .post(self.url("Sessions/Capabilities/Full")?)
+            .json(&body);
+        self.send(request).await.map(|_| ())
+    }
+
+    /// `/Sessions/Playing`, `/Sessions/Playing/Progress` or `/Sessions/Playing/Stopped`.
+    pub async fn report(&self, path: &str, body: &Value) -> Result<(), ApiError> {
+        let request = self.http.post(self.url(path)?).json(body);
+        self.send(request).await.map(|_| ())
+    }
+}
+
+fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else {
+        // Without the URL: it carries no secret today, but keep logs free of query strings.
+        e.without_url().to_string()
+    }
+}

@@ -1,0 +1,246 @@
+//! Now playing: turns the speaker's playback events into Jellyfin playback reports.
+//!
+//! One task owns the queue and sends reports one at a time, in order, so a `Stopped` can never
+//! overtake the next `Playing`. Spotify tracks are not in the library: reports carry no ItemId
+//! (a non-GUID one is a 400) but an `Item` describing the track.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use super::api::Api;
+use super::messages::volume_to_percent;
+use crate::connect::control::{PlaybackEvent, SpeakerStatus, TrackInfo};
+
+/// A report waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub path: &'static str,
+    pub body: Value,
+}
+
+/// Builds reports from events; pure, so the order and content are tested directly.
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    track: Option<TrackInfo>,
+    started: bool,
+    paused: bool,
+    /// Position at `position_at`.
+    position_ms: u32,
+    position_at: Option<Instant>,
+    volume: u16,
+}
+
+impl ReportBuilder {
+    pub fn new(volume: u16) -> Self {
+        Self {
+            volume,
+            ..Self::default()
+        }
+    }
+
+    /// The reports an event causes (zero, one, or a Stopped followed by a Playing).
+    pub fn on_event(&mut self, event: &PlaybackEvent) -> Vec<Report> {
+        let mut out = Vec::new();
+        match event {
+            PlaybackEvent::TrackChanged(track) => {
+                if self.started && self.track.as_ref().is_some_and(|t| t.uri != track.uri) {
+                    out.push(self.report("Sessions/Playing/Stopped"));
+                    self.started = false;
+                }
+                self.track = Some(track.clone());
+                self.set_position(0);
+            }
+            PlaybackEvent::Playing { position_ms } => {
+                self.paused = false;
+                self.set_position(*position_ms);
+                if self.track.is_some() {
+                    let path = if self.started {
+                        "Sessions/Playing/Progress"
+                    } else {
+                        "Sessions/Playing"
+                    };
+                    self.started = true;
+                    out.push(self.report(path));
+                }
+            }
+            PlaybackEvent::Paused { position_ms } => {
+                self.paused = true;
+                self.set_position(*position_ms);
+                if self.started {
+                    out.push(self.report("Sessions/Playing/Progress"));
+                }
+            }
+            PlaybackEvent::Seeked { position_ms } => {
+                self.set_position(*position_ms);
+                if self.started {
+                    out.push(self.report("Sessions/Playing/Progress"));
+                }
+            }
+            PlaybackEvent::VolumeChanged(volume) => {
+                self.volume = *volume;
+                if self.started {
+                    out.push(self.report("Sessions/Playing/Progress"));
+                }
+            }
+            PlaybackEvent::Stopped => {
+                if self.started {
+                    out.push(self.report("Sessions/Playing/Stopped"));
+                }
+                self.started = false;
+                self.track = None;
+            }
+        }
+        out
+    }
+
+    /// The periodic progress report while something plays.
+    pub fn tick(&self) -> Option<Report> {
+        (self.started && !self.paused).then(|| self.report("Sessions/Playing/Progress"))
+    }
+
+    fn set_position(&mut self, ms: u32) {
+        self.position_ms = ms;
+        self.position_at = Some(Instant::now());
+    }
+
+    fn position_ms(&self) -> u64 {
+        let elapsed = match (self.paused, self.position_at) {
+            (false, Some(at)) => at.elapsed().as_millis() as u64,
+            _ => 0,
+        };
+        let ms = u64::from(self.position_ms) + elapsed;
+        match &self.track {
+            Some(t) if t.duration_ms > 0 => ms.min(u64::from(t.duration_ms)),
+            _ => ms,
+        }
+    }
+
+    fn report(&self, path: &'static str) -> Report {
+        let item = self.track.as_ref().map(|t| {
+            json!({
+                "Name": t.name,
+                "Type": "Audio",
+                "MediaType": "Audio",
+                "Artists": t.artists,
+                "Album": t.album,
+                "RunTimeTicks": u64::from(t.duration_ms) * 10_000,
+            })
+        });
+        let ticks = self.position_ms() * 10_000;
+        let body = if path.ends_with("Stopped") {
+            json!({ "Item": item, "PositionTicks": ticks, "Failed": false })
+        } else {
+            json!({
+                "Item": item,
+                "PositionTicks": ticks,
+                "IsPaused": self.paused,
+                "IsMuted": self.volume == 0,
+                "VolumeLevel": volume_to_percent(self.volume),
+                "CanSeek": true,
+                "PlayMethod": "DirectPlay",
+                "RepeatMode": "RepeatNone",
+                "PlaybackOrder": "Default",
+            })
+        };
+        Report { path, body }
+    }
+}
+
+/// Follows playback events and sends reports in order through `api` (while it has a token).
+pub async fn run(
+    mut events: broadcast::Receiver<PlaybackEvent>,
+    status: watch::Receiver<SpeakerStatus>,
+    api: watch::Receiver<Option<Api>>,
+    progress_every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (queue_tx, mut queue_rx) = mpsc::channel::<Report>(64);
+    // The sender: strictly one report at a time, in queue order.
+    let sender = tokio::spawn(async move {
+        while let Some(report) = queue_rx.recv().await {
+            let current = api.borrow().clone();
+            if let Some(api) = current.filter(Api::has_token) {
+                if let Err(e) = api.report(report.path, &report.body).await {
+                    log::debug!("Jellyfin report {} failed: {e}", report.path);
+                }
+            }
+        }
+    });
+    let mut builder = ReportBuilder::new(status.borrow().volume);
+    let mut tick = tokio::time::interval(progress_every);
+    loop {
+        let reports = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => builder.on_event(&event),
+                Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => builder.tick().into_iter().collect(),
+            _ = shutdown.changed() => break,
+        };
+        for report in reports {
+            // A full queue means Jellyfin is far behind: drop progress, keep state changes.
+            if report.path.ends_with("Progress") {
+                let _ = queue_tx.try_send(report);
+            } else if queue_tx.send(report).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(queue_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), sender).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track(uri: &str) -> TrackInfo {
+        TrackInfo {
+            uri: uri.into(),
+            name: "Song".into(),
+            artists: vec!["A".into(), "B".into()],
+            album: "Album".into(),
+            duration_ms: 180_000,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_follow_the_events_in_order() {
+        let mut b = ReportBuilder::new(32768);
+        assert!(
+            b.on_event(&PlaybackEvent::Playing { position_ms: 0 })
+                .is_empty(),
+            "nothing before a track"
+        );
+        assert!(b
+            .on_event(&PlaybackEvent::TrackChanged(track("spotify:track:1")))
+            .is_empty());
+        let r = b.on_event(&PlaybackEvent::Playing { position_ms: 0 });
+        assert_eq!(r[0].path, "Sessions/Playing");
+        assert_eq!(r[0].body["Item"]["Name"], "Song");
+        assert_eq!(r[0].body["Item"]["Artists"][1], "B");
+        assert_eq!(r[0].body["Item"]["RunTimeTicks"], 1_800_000_000u64);
+        assert!(r[0].body.get("ItemId").is_none());
+        assert_eq!(r[0].body["VolumeLevel"], 50);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let progress = b.tick().unwrap();
+        assert_eq!(progress.body["PositionTicks"], 100_000_000u64);
+        let r = b.on_event(&PlaybackEvent::Paused {
+            position_ms: 10_000,
+        });
+        assert_eq!(r[0].body["IsPaused"], true);
+        assert!(b.tick().is_none(), "no periodic progress while paused");
+        // Next track: Stopped for the old one, then Playing for the new one, in that order.
+        let mut all = b.on_event(&PlaybackEvent::TrackChanged(track("spotify:track:2")));
+        all.extend(b.on_event(&PlaybackEvent::Playing { position_ms: 0 }));
+        let paths: Vec<_> = all.iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["Sessions/Playing/Stopped", "Sessions/Playing"]);
+        let r = b.on_event(&PlaybackEvent::Stopped);
+        assert_eq!(r[0].path, "Sessions/Playing/Stopped");
+        assert!(r[0].body["PositionTicks"].as_u64().is_some());
+    }
+}

@@ -1,0 +1,153 @@
+//! The one WebSocket to the server: keep-alives, liveness, inbound commands.
+//!
+//! Jellyfin's own keep-alive (`ForceKeepAlive` → `KeepAlive` every Data/2 s) tells the *server*
+//! we are alive. To notice a dead link on *our* side (a blackholed connection looks open
+//! forever), the socket also sends WebSocket pings and treats silence longer than `dead_after` as
+//! a lost connection.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use log::{debug, info, warn};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::api::Api;
+use super::messages::{parse, Inbound, MuteMemory, RecentIds};
+use crate::connect::control::ControlHandle;
+
+/// How the socket checks that the link is alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub ping_every: Duration,
+    pub dead_after: Duration,
+    /// Re-post capabilities this often (keeps the session in the dashboard's 95 s window).
+    pub capabilities_every: Duration,
+}
+
+/// Why a socket ended.
+#[derive(Debug)]
+pub enum SocketEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Connects, then serves the socket until it is lost or shutdown. `on_connected` runs once the
+/// socket is open (the caller re-posts capabilities there).
+pub async fn serve(
+    api: &Api,
+    control: &ControlHandle,
+    liveness: Liveness,
+    shutdown: &mut watch::Receiver<bool>,
+    on_connected: impl std::future::Future<Output = Result<(), String>>,
+) -> SocketEnd {
+    let url = match api.socket_url() {
+        Ok(url) => url,
+        Err(e) => return SocketEnd::Lost(e.to_string()),
+    };
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return SocketEnd::Lost(format!("socket request: {e}")),
+    };
+    match HeaderValue::from_str(&api.authorization()) {
+        Ok(v) => {
+            request.headers_mut().insert("Authorization", v);
+        }
+        Err(_) => return SocketEnd::Lost("the speaker name cannot be sent in a header".into()),
+    }
+    let connect = tokio_tungstenite::connect_async(request);
+    let (stream, _) = match tokio::time::timeout(liveness.dead_after, connect).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return SocketEnd::Lost(format!("socket: {e}")),
+        Err(_) => return SocketEnd::Lost("socket: connect timed out".into()),
+    };
+    let (mut write, mut read) = stream.split();
+    if let Err(e) = on_connected.await {
+        return SocketEnd::Lost(e);
+    }
+    info!(
+        "Jellyfin socket connected to {}",
+        api.socket_url()
+            .map(|u| u.host_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    );
+
+    let mut seen = RecentIds::default();
+    let mut mute = MuteMemory::default();
+    let mut keepalive: Option<tokio::time::Interval> = None;
+    let mut ping = tokio::time::interval(liveness.ping_every);
+    let mut capabilities = tokio::time::interval_at(
+        Instant::now() + liveness.capabilities_every,
+        liveness.capabilities_every,
+    );
+    let mut last_inbound = Instant::now();
+    loop {
+        let keepalive_tick = async {
+            match keepalive.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = write.send(Message::Close(None)).await;
+                return SocketEnd::Shutdown;
+            }
+            frame = read.next() => {
+                last_inbound = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        let volume = control.status().volume;
+                        match parse(text.as_str(), &mut seen, &mut mute, volume) {
+                            Inbound::ForceKeepAlive { seconds } => {
+                                debug!("Jellyfin asks for a keep-alive every {} s", seconds / 2);
+                                if write.send(keepalive_message()).await.is_err() {
+                                    return SocketEnd::Lost("socket write failed".into());
+                                }
+                                let period = Duration::from_secs((seconds / 2).max(1));
+                                keepalive = Some(tokio::time::interval_at(Instant::now() + period, period));
+                            }
+                            Inbound::Control(commands) => {
+                                for command in commands {
+                                    if let Err(e) = control.send(command.clone()).await {
+                                        // Spotify reconnecting or idle: say so, keep the socket.
+                                        info!("Jellyfin command {command:?} not carried out: {e}");
+                                    }
+                                }
+                            }
+                            Inbound::Ignore => {}
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => return SocketEnd::Lost("server closed the socket".into()),
+                    Some(Ok(_)) => {} // pings are answered by tungstenite; pongs only prove life
+                    Some(Err(e)) => return SocketEnd::Lost(format!("socket: {e}")),
+                }
+            }
+            _ = keepalive_tick => {
+                if write.send(keepalive_message()).await.is_err() {
+                    return SocketEnd::Lost("socket write failed".into());
+                }
+            }
+            _ = ping.tick() => {
+                if last_inbound.elapsed() > liveness.dead_after {
+                    return SocketEnd::Lost(format!("no traffic for {} s", liveness.dead_after.as_secs()));
+                }
+                if write.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return SocketEnd::Lost("socket write failed".into());
+                }
+            }
+            _ = capabilities.tick() => {
+                if let Err(e) = api.post_capabilities().await {
+                    warn!("Jellyfin capabilities refresh failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn keepalive_message() -> Message {
+    Message::Text(r#"{"MessageType":"KeepAlive"}"#.into())
+}

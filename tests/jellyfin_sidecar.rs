@@ -1,0 +1,460 @@
+//! The Jellyfin sidecar against the strict fake server, over real TCP and WebSockets on loopback.
+//!
+//! Time: real, not paused (the sockets are real). The fake server's keep-alive timings scale
+//! with a knob so "ten server minutes" take thirty seconds; the sidecar follows the server's
+//! `ForceKeepAlive`, so it is tested at the scaled pace too, which is the same proof.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pispeaker::connect::control::{
+    self, Command, ControlHandle, PlaybackEvent, SpeakerStatus, TrackInfo,
+};
+use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
+use serde_json::Value;
+use support::fake_jellyfin::FakeJellyfin;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+struct Sidecar {
+    control: ControlHandle,
+    commands: Arc<Mutex<Vec<Command>>>,
+    events: tokio::sync::broadcast::Sender<PlaybackEvent>,
+    state: watch::Receiver<JellyfinState>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+}
+
+fn settings(server: &str, dir: &std::path::Path) -> JellyfinSettings {
+    JellyfinSettings {
+        server: server.to_string(),
+        device_name: "Living Room".into(),
+        state_dir: dir.to_path_buf(),
+        token_file: None,
+        request_timeout: Duration::from_secs(2),
+        liveness: Liveness {
+            ping_every: Duration::from_millis(500),
+            dead_after: Duration::from_secs(3),
+            capabilities_every: Duration::from_secs(60),
+        },
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        quick_connect_poll: Duration::from_millis(100),
+        progress_every: Duration::from_secs(10),
+    }
+}
+
+/// Starts the sidecar with a stand-in supervisor that records every command it gets.
+fn start(server: &str, token: Option<&str>, tweak: impl FnOnce(&mut JellyfinSettings)) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(token) = token {
+        std::fs::write(dir.path().join("jellyfin_token"), token).unwrap();
+    }
+    let (handle, mut endpoint) = control::channel(SpeakerStatus::new("Living Room", 30000));
+    let commands = Arc::new(Mutex::new(Vec::new()));
+    let recorded = commands.clone();
+    let events = endpoint.events.clone();
+    tokio::spawn(async move {
+        while let Some((command, reply)) = endpoint.commands.recv().await {
+            if let Command::SetVolume(v) = command {
+                endpoint.status.send_modify(|s| s.volume = v);
+            }
+            recorded.lock().unwrap().push(command);
+            let _ = reply.send(Ok(()));
+        }
+    });
+    let mut s = settings(server, dir.path());
+    tweak(&mut s);
+    let (state_tx, state) = watch::channel(JellyfinState::Disabled);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(jellyfin::run_with(s, handle.clone(), state_tx, shutdown_rx));
+    Sidecar {
+        control: handle,
+        commands,
+        events,
+        state,
+        shutdown,
+        task,
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+    }
+}
+
+impl Sidecar {
+    async fn stop(self) {
+        self.shutdown.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("sidecar stops on shutdown")
+            .unwrap();
+    }
+}
+
+async fn until(limit: Duration, what: &str, cond: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+fn connected(fake: &FakeJellyfin) -> bool {
+    let seen = fake.seen.lock().unwrap();
+    seen.sessions.len() == 1
+        && seen.sessions.values().all(|s| {
+            s.socket_open
+                && s.capabilities
+                    .as_ref()
+                    .is_some_and(|c| c.get("SupportsMediaControl").is_some())
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_visible_within_2_s_with_the_right_identity_and_capabilities() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    let took = until(Duration::from_secs(2), "session with socket", || {
+        connected(&fake)
+    })
+    .await;
+    println!(
+        "Jellyfin session visible {} ms after start",
+        took.as_millis()
+    );
+    let session = fake.only_session();
+    assert_eq!(session.client, "pispeaker");
+    assert_eq!(session.device, "Living Room");
+    assert!(uuid::Uuid::parse_str(&session.device_id).is_ok());
+    let caps = session.capabilities.unwrap();
+    assert_eq!(caps["PlayableMediaTypes"], serde_json::json!(["Audio"]));
+    assert_eq!(caps["SupportsMediaControl"], true);
+    assert_eq!(caps["SupportsPersistentIdentifier"], true);
+    assert!(
+        session.capability_posts >= 2,
+        "posted before and after the socket opened"
+    );
+    {
+        let seen = fake.seen.lock().unwrap();
+        assert_eq!(seen.legacy_auth_refused, 0);
+        assert!(seen.bad_requests.is_empty(), "{:?}", seen.bad_requests);
+    }
+    assert!(matches!(
+        &*sidecar.state.borrow(),
+        JellyfinState::Connected { .. }
+    ));
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    let sidecar = start(&fake.url(), None, |_| {});
+    // The status page, as the daemon serves it.
+    let listener = pispeaker::status::bind("127.0.0.1:0").await.unwrap();
+    let page = format!("http://{}/status.json", listener.local_addr().unwrap());
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(pispeaker::status::serve(
+        listener,
+        sidecar.control.clone(),
+        sidecar.state.clone(),
+        stop_rx,
+    ));
+    let mut code = String::new();
+    let start = Instant::now();
+    while code.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no code on the status page"
+        );
+        let status: Value = reqwest::get(&page).await.unwrap().json().await.unwrap();
+        if status["jellyfin"]["state"] == "pairing" {
+            code = status["jellyfin"]["code"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code.len(), 6);
+    assert!(fake.approve(&code), "the fake knows the code");
+    until(Duration::from_secs(5), "paired and connected", || {
+        connected(&fake)
+    })
+    .await;
+    let stored = std::fs::read_to_string(sidecar.dir.join("jellyfin_token")).unwrap();
+    assert!(fake.seen.lock().unwrap().tokens.contains(&stored));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sidecar.dir.join("jellyfin_token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
+    // Scale 0.05: ForceKeepAlive 3 s, lost after 3 s without KeepAlive, checked every 0.6 s.
+    let fake = FakeJellyfin::start("127.0.0.1:0", 0.05).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |s| {
+        s.liveness.dead_after = Duration::from_secs(10);
+    });
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    let bytes_before = {
+        let s = fake.seen.lock().unwrap();
+        s.socket_bytes_in
+    };
+    tokio::time::sleep(Duration::from_secs(30)).await; // = 10 minutes at scale 0.05
+    let seen = fake.seen.lock().unwrap();
+    assert_eq!(
+        seen.sockets_lost_by_timeout, 0,
+        "the server never declared the socket lost"
+    );
+    assert_eq!(seen.socket_connects, 1, "one socket the whole time");
+    assert_eq!(seen.sessions.len(), 1);
+    assert!(
+        seen.keepalives >= 19,
+        "a KeepAlive every 1.5 s: {}",
+        seen.keepalives
+    );
+    let per_minute = (seen.socket_bytes_in - bytes_before) as f64 / 30.0 * 60.0 * 0.05;
+    println!("idle keep-alive traffic (payload, client to server, at the real server's pace): {per_minute:.0} bytes/minute");
+    }
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_gets_exactly_one_session_with_capabilities_again() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    for _ in 0..3 {
+        fake.restart(Duration::from_millis(500));
+        assert_eq!(fake.session_count(), 0);
+        until(Duration::from_secs(5), "back after restart", || {
+            connected(&fake)
+        })
+        .await;
+        assert_eq!(fake.session_count(), 1, "exactly one session");
+    }
+    assert_eq!(fake.seen.lock().unwrap().socket_connects, 4);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_set_aside_and_pairing_starts_again() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("old");
+    let sidecar = start(&fake.url(), Some("old"), |_| {});
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    fake.revoke_all_tokens();
+    fake.restart(Duration::from_millis(100));
+    let mut state = sidecar.state.clone();
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let JellyfinState::Pairing { code } = &*state.borrow_and_update() {
+                return code.clone();
+            }
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("pairing again after 401");
+    let aside = std::fs::read_dir(&sidecar.dir).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("jellyfin_token.corrupt-")
+    });
+    assert!(aside, "the rejected token was moved aside");
+    fake.approve(&code);
+    until(Duration::from_secs(5), "connected with a new token", || {
+        connected(&fake)
+    })
+    .await;
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_remote_command_reaches_the_control_handle() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    let playstate = |c: &str, extra: &str| {
+        format!(r#"{{"MessageType":"Playstate","Data":{{"Command":"{c}"{extra}}}}}"#)
+    };
+    let general = |n: &str, args: &str| {
+        format!(
+            r#"{{"MessageType":"GeneralCommand","Data":{{"Name":"{n}","Arguments":{{{args}}}}}}}"#
+        )
+    };
+    for message in [
+        playstate("Pause", ""),
+        playstate("Unpause", ""),
+        playstate("PlayPause", ""),
+        playstate("Stop", ""),
+        playstate("NextTrack", ""),
+        playstate("PreviousTrack", ""),
+        playstate("Seek", r#","SeekPositionTicks":1234560000"#),
+        general("SetVolume", r#""Volume":"40""#),
+        general("VolumeUp", ""),
+        general("VolumeDown", ""),
+        general("Mute", ""),
+        general("Unmute", ""),
+        general("ToggleMute", ""),
+    ] {
+        fake.push(&message);
+    }
+    let expected = vec![
+        Command::Pause,
+        Command::Play,
+        Command::PlayPause,
+        Command::Stop,
+        Command::Next,
+        Command::Previous,
+        Command::Seek {
+            position_ms: 123_456,
+        },
+        Command::SetVolume(26214),
+        Command::VolumeUp,
+        Command::VolumeDown,
+        Command::SetVolume(0),
+        Command::SetVolume(26214),
+        Command::SetVolume(0),
+    ];
+    until(Duration::from_secs(3), "all commands", || {
+        sidecar.commands.lock().unwrap().len() >= expected.len()
+    })
+    .await;
+    assert_eq!(*sidecar.commands.lock().unwrap(), expected);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn now_playing_reports_are_correct_and_in_order() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    let track = |n: u32| TrackInfo {
+        uri: format!("spotify:track:{n}"),
+        name: format!("Song {n}"),
+        artists: vec!["Artist".into()],
+        album: "Album".into(),
+        duration_ms: 200_000,
+    };
+    let e = &sidecar.events;
+    e.send(PlaybackEvent::TrackChanged(track(1))).unwrap();
+    e.send(PlaybackEvent::Playing { position_ms: 0 }).unwrap();
+    e.send(PlaybackEvent::Paused { position_ms: 5_000 })
+        .unwrap();
+    e.send(PlaybackEvent::Seeked {
+        position_ms: 60_000,
+    })
+    .unwrap();
+    e.send(PlaybackEvent::TrackChanged(track(2))).unwrap();
+    e.send(PlaybackEvent::Playing { position_ms: 0 }).unwrap();
+    e.send(PlaybackEvent::Stopped).unwrap();
+    until(Duration::from_secs(5), "7 reports", || {
+        fake.reports().len() >= 6
+    })
+    .await;
+    let reports = fake.reports();
+    let paths: Vec<&str> = reports.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/Sessions/Playing",
+            "/Sessions/Playing/Progress",
+            "/Sessions/Playing/Progress",
+            "/Sessions/Playing/Stopped",
+            "/Sessions/Playing",
+            "/Sessions/Playing/Stopped",
+        ]
+    );
+    let first = &reports[0].1;
+    assert!(first.get("ItemId").is_none());
+    assert_eq!(first["Item"]["Name"], "Song 1");
+    assert_eq!(first["Item"]["Type"], "Audio");
+    assert_eq!(first["Item"]["RunTimeTicks"], 2_000_000_000u64);
+    assert_eq!(reports[1].1["IsPaused"], true);
+    assert_eq!(reports[2].1["PositionTicks"], 600_000_000u64);
+    assert_eq!(reports[3].1["Item"]["Name"], "Song 1");
+    assert_eq!(reports[4].1["Item"]["Name"], "Song 2");
+    assert!(fake.seen.lock().unwrap().bad_requests.is_empty());
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_malformed_or_unknown_messages_change_nothing() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(3), "connected", || connected(&fake)).await;
+    let junk = [
+        "",
+        "{",
+        "null",
+        "[1,2]",
+        "\"text\"",
+        r#"{"MessageType":null}"#,
+        r#"{"MessageType":"Sessions","Data":[]}"#,
+        r#"{"MessageType":"Playstate"}"#,
+        r#"{"MessageType":"Playstate","Data":{"Command":"Explode"}}"#,
+        r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetVolume","Arguments":{"Volume":"NaN"}}}"#,
+        r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetVolume","Arguments":{"Volume":"1e999"}}}"#,
+        r#"{"MessageType":"Playstate","Data":{"Command":"Seek","SeekPositionTicks":"soon"}}"#,
+        "\u{0}\u{1}\u{2}",
+        r#"{"MessageType":"UserDataChanged","Data":{"UserId":"x"}}"#,
+    ];
+    for i in 0..1000 {
+        fake.push(junk[i % junk.len()]);
+    }
+    // A repeated MessageId is acted on once.
+    let once = r#"{"MessageType":"Playstate","MessageId":"m-1","Data":{"Command":"NextTrack"}}"#;
+    fake.push(once);
+    fake.push(once);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let commands = sidecar.commands.lock().unwrap().clone();
+    assert!(
+        commands.iter().all(|c| !matches!(c, Command::Seek { .. })),
+        "{commands:?}"
+    );
+    assert_eq!(
+        commands.iter().filter(|c| **c == Command::Next).count(),
+        1,
+        "{commands:?}"
+    );
+    assert!(connected(&fake), "session kept");
+    assert_eq!(fake.seen.lock().unwrap().socket_connects, 1, "socket kept");
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_server_never_blocks_the_control_handle() {
+    // Nothing listens here: every request fails; the speaker's control handle is unaffected.
+    let sidecar = start("http://127.0.0.1:9", Some("tok"), |_| {});
+    for _ in 0..50 {
+        let started = Instant::now();
+        sidecar
+            .events
+            .send(PlaybackEvent::Playing { position_ms: 0 })
+            .ok();
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(
+        &*sidecar.state.borrow(),
+        JellyfinState::Retrying { .. }
+    ));
+    assert_eq!(sidecar.control.status().name, "Living Room");
+    sidecar.stop().await;
+}

@@ -1,0 +1,2 @@
+//! Shared test support: the fake Jellyfin server.
+pub mod fake_jellyfin;
