@@ -212,20 +212,21 @@ async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
         s.socket_bytes_in
     };
     tokio::time::sleep(Duration::from_secs(30)).await; // = 10 minutes at scale 0.05
-    let seen = fake.seen.lock().unwrap();
-    assert_eq!(
-        seen.sockets_lost_by_timeout, 0,
-        "the server never declared the socket lost"
-    );
-    assert_eq!(seen.socket_connects, 1, "one socket the whole time");
-    assert_eq!(seen.sessions.len(), 1);
-    assert!(
-        seen.keepalives >= 19,
-        "a KeepAlive every 1.5 s: {}",
-        seen.keepalives
-    );
-    let per_minute = (seen.socket_bytes_in - bytes_before) as f64 / 30.0 * 60.0 * 0.05;
-    println!("idle keep-alive traffic (payload, client to server, at the real server's pace): {per_minute:.0} bytes/minute");
+    {
+        let seen = fake.seen.lock().unwrap();
+        assert_eq!(
+            seen.sockets_lost_by_timeout, 0,
+            "the server never declared the socket lost"
+        );
+        assert_eq!(seen.socket_connects, 1, "one socket the whole time");
+        assert_eq!(seen.sessions.len(), 1);
+        assert!(
+            seen.keepalives >= 19,
+            "a KeepAlive every 1.5 s: {}",
+            seen.keepalives
+        );
+        let per_minute = (seen.socket_bytes_in - bytes_before) as f64 / 30.0 * 60.0 * 0.05;
+        println!("idle keep-alive traffic (payload, client to server, at the real server's pace): {per_minute:.0} bytes/minute");
     }
     sidecar.stop().await;
 }
