@@ -4,24 +4,16 @@
 # Prints both and the ratio (pispeaker / librespot). Not a test: a figure for the closing note.
 #
 # The stock binary is built from crates.io into bench/out (gitignored), never committed.
-# Each daemon runs in its own network namespace with a dummy interface so mDNS stays local.
+# Each daemon runs in its own network namespace (a veth pair inside it) so mDNS stays local.
 # Needs root (namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=bench/out
-FEATURES="alsa-backend,rustls-tls-webpki-roots,with-libmdns"
-mkdir -p "$OUT"
-
-stock="$OUT/stock-host/bin/librespot"
-if [ ! -x "$stock" ]; then
-  echo "building stock librespot 0.8.0 (same features, release) into $OUT/stock-host ..."
-  cargo install librespot@0.8.0 --locked --no-default-features --features "$FEATURES" \
-    --root "$OUT/stock-host" --config 'profile.release.lto=true' \
-    --config 'profile.release.codegen-units=1' --config 'profile.release.strip=true' >/dev/null
-fi
+source bench/stock.sh
+stock=$(stock_host)
 echo "building pispeaker (release) ..."
 cargo build --release --locked >/dev/null 2>&1
 ours=target/release/pispeaker
+cfg=$(mktemp); printf '[status]\nlisten = "127.0.0.1:45803"\n' > "$cfg"
 
 measure() { # name, command...
   local name=$1; shift
@@ -45,8 +37,8 @@ measure() { # name, command...
 }
 
 stock_rss=$(measure stock "$stock" --name bench-stock --backend alsa --device default --zeroconf-port 45801)
-our_rss=$(measure ours "$ours" --config /nonexistent-ok --name bench-ours --zeroconf-port 45802 --status-listen 127.0.0.1:45803)
-printf 'idle RSS after 10 s: pispeaker %d KiB, stock librespot %d KiB, ratio %.2f\n' \
-  "$our_rss" "$stock_rss" "$(echo "$our_rss / $stock_rss" | bc -l)"
-printf 'stripped size (x86_64): pispeaker %d bytes, stock librespot %d bytes, ratio %.2f\n' \
-  "$(stat -c %s "$ours")" "$(stat -c %s "$stock")" "$(echo "$(stat -c %s "$ours") / $(stat -c %s "$stock")" | bc -l)"
+our_rss=$(measure ours "$ours" --config "$cfg" --name bench-ours --zeroconf-port 45802)
+printf 'idle RSS after 10 s waiting for discovery: pispeaker %d KiB, stock librespot %d KiB, ratio %s\n' \
+  "$our_rss" "$stock_rss" "$(ratio "$our_rss" "$stock_rss")"
+o=$(stat -c %s "$ours"); s=$(stat -c %s "$stock")
+printf 'stripped x86_64 binary: pispeaker %d bytes, stock librespot %d bytes, ratio %s\n' "$o" "$s" "$(ratio "$o" "$s")"

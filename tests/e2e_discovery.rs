@@ -17,6 +17,7 @@ use netns::NetNs;
 
 const SPEAKER_ADDR: &str = "10.231.0.1";
 const ZEROCONF_PORT: u16 = 45713;
+const STATUS_PORT: u16 = 45714;
 
 struct Daemon(Child);
 
@@ -40,7 +41,7 @@ fn speaker_is_discoverable_answers_get_info_and_stops_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "name = \"{name}\"\ncache = \"{}\"\nzeroconf-port = {ZEROCONF_PORT}\n\n[status]\nenabled = false\n",
+            "name = \"{name}\"\ncache = \"{}\"\nzeroconf-port = {ZEROCONF_PORT}\n\n[status]\nlisten = \"127.0.0.1:{STATUS_PORT}\"\n",
             cache.display()
         ),
     )
@@ -98,6 +99,24 @@ fn speaker_is_discoverable_answers_get_info_and_stops_on_sigterm() {
     assert!(info["version"].is_string(), "version present");
     assert_eq!(info["activeUser"], "", "no user yet");
     assert_eq!(info["status"], 101);
+
+    // The status page and `pispeaker status`, read from inside the namespace.
+    let status = ns
+        .command(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["--config"])
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(printed.contains(&name), "{printed}");
+    assert!(printed.contains("spotify          discovery"), "{printed}");
+    assert!(printed.contains("jellyfin         disabled"), "{printed}");
 
     // SIGTERM → exit 0 within 2 s.
     let pid = daemon.0.id() as i32;

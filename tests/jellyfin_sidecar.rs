@@ -459,3 +459,38 @@ async fn a_down_server_never_blocks_the_control_handle() {
     assert_eq!(sidecar.control.status().name, "Living Room");
     sidecar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pispeaker_jellyfin_pair_pairs_from_a_terminal() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["--config", "/dev/null", "--cache"])
+        .arg(dir.path())
+        .args(["jellyfin", "pair", "--server", &fake.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
+                return code.trim().to_string();
+            }
+        }
+        panic!("no code printed");
+    })
+    .await
+    .expect("code printed");
+    assert!(fake.approve(&code));
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let token = std::fs::read_to_string(dir.path().join("jellyfin_token")).unwrap();
+    assert!(fake.seen.lock().unwrap().tokens.contains(&token));
+}

@@ -148,6 +148,26 @@ mod tests {
     }
 
     #[test]
+    fn a_provisioned_token_file_is_adopted_once_into_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let provisioned = dir.path().join("provisioned.token");
+        std::fs::write(&provisioned, "  tok-from-ansible\n").unwrap();
+        let files = JellyfinFiles::new(&dir.path().join("state"));
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        assert_eq!(
+            files.adopt_token_file(&provisioned).as_deref(),
+            Some("tok-from-ansible")
+        );
+        assert_eq!(files.token().as_deref(), Some("tok-from-ansible"));
+        std::fs::write(&provisioned, "").unwrap();
+        assert_eq!(
+            files.adopt_token_file(&provisioned),
+            None,
+            "an empty file is no token"
+        );
+    }
+
+    #[test]
     fn device_id_is_stable_and_token_is_0600() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
