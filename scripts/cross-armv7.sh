@@ -24,7 +24,9 @@ RUST_VERSION="1.85.0+dfsg3-1~deb12u3"
 LZMA_VERSION="5.4.1-1+deb12u1"
 export CARGO_TARGET_DIR="${PISPEAKER_ARMV7_TARGET_DIR:-$PWD/target/debian-armv7}"
 OUT="$CARGO_TARGET_DIR/$TARGET/release"
-SYSROOT=/usr/arm-linux-gnueabihf
+# armv7 programs run under qemu-arm-static with the multiarch libc6:armhf (/lib/arm-linux-gnueabihf),
+# not with `-L /usr/arm-linux-gnueabihf`: with the cross sysroot's glibc, bookworm's qemu-user
+# 7.2 crashes on the first thread a program starts (every Rust test runs in a thread).
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -38,7 +40,7 @@ ARMV7_TESTS=(--lib --test config_cli)
 pinned_packages() {
   echo "rustc-web=$RUST_VERSION cargo-web=$RUST_VERSION libstd-rust-web-dev=$RUST_VERSION"
   echo "libstd-rust-web-dev:armhf=$RUST_VERSION liblzma5=$LZMA_VERSION liblzma5:armhf=$LZMA_VERSION"
-  echo "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libasound2-dev:armhf qemu-user-static"
+  echo "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross libc6:armhf libasound2-dev:armhf qemu-user-static binfmt-support"
   echo "pkg-config dpkg-dev lintian"
 }
 
@@ -80,7 +82,7 @@ armv7_cargo() {
   # Everything cross-specific lives in this environment only.
   env RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
     CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
-    CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L $SYSROOT" \
+    CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER=qemu-arm-static \
     PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_PATH=/usr/lib/arm-linux-gnueabihf/pkgconfig \
     PKG_CONFIG_SYSROOT_DIR=/ \
     /usr/bin/cargo "$@"
@@ -93,7 +95,7 @@ build() {
   file "$OUT/pispeaker" 2>/dev/null | grep -q 'ARM' || [ -f "$OUT/pispeaker" ] || die "no binary at $OUT/pispeaker"
   BUILD_SECS=$((SECONDS - start))
   say "built $OUT/pispeaker: $(stat -c %s "$OUT/pispeaker") bytes stripped, in ${BUILD_SECS}s"
-  qemu-arm-static -L "$SYSROOT" "$OUT/pispeaker" --version
+  qemu-arm-static "$OUT/pispeaker" --version
 }
 
 run_tests() {
@@ -138,12 +140,13 @@ build_deb() {
   say "$DEB"
   dpkg-deb -I "$DEB" | sed -n '1,40p'
   dpkg-deb -c "$DEB"
-  local expect
-  for expect in ./usr/bin/pispeaker ./lib/systemd/system/pispeaker.service ./etc/pispeaker/config.toml \
+  local expect listing
+  listing=$(dpkg-deb -c "$DEB")
+  for expect in ./usr/bin/pispeaker ./usr/lib/systemd/system/pispeaker.service ./etc/pispeaker/config.toml \
                 ./usr/share/doc/pispeaker/copyright ./usr/share/pispeaker/boards/hifiberry-dacplus.toml; do
-    dpkg-deb -c "$DEB" | grep -q " $expect\$" || die "the .deb lacks $expect"
+    grep -q " $expect\$" <<<"$listing" || die "the .deb lacks $expect"
   done
-  dpkg-deb -I "$DEB" conffiles | grep -qx /etc/pispeaker/config.toml || die "config.toml is not a conffile"
+  grep -qx /etc/pispeaker/config.toml <<<"$(dpkg-deb -I "$DEB" conffiles)" || die "config.toml is not a conffile"
   say "lintian"
   LINTIAN_OUT=$(lintian --no-tag-display-limit "$DEB" 2>&1 || true)
   echo "$LINTIAN_OUT"
