@@ -64,6 +64,22 @@ impl AlsaControl {
     }
 }
 
+impl AlsaControl {
+    /// Runs `f` on the open control (looked up again each time: a replugged card gets new
+    /// element handles).
+    fn with_selem<R>(
+        &mut self,
+        f: impl FnOnce(&alsa::mixer::Selem<'_>, &str) -> Result<R, String>,
+    ) -> Result<R, String> {
+        let (control, index) = (self.control.clone(), self.index);
+        let handle = self.handle()?;
+        let selem = handle
+            .find_selem(&SelemId::new(&control, index))
+            .ok_or_else(|| format!("ALSA control {control:?} disappeared"))?;
+        f(&selem, &control)
+    }
+}
+
 impl VolumeControl for AlsaControl {
     fn open(&mut self) -> Result<ControlRange, String> {
         self.handle = None;
@@ -115,25 +131,19 @@ impl VolumeControl for AlsaControl {
     }
 
     fn read(&mut self) -> Result<i64, String> {
-        let (control, index) = (self.control.clone(), self.index);
-        let handle = self.handle()?;
-        let selem = handle
-            .find_selem(&SelemId::new(&control, index))
-            .ok_or_else(|| format!("ALSA control {control:?} disappeared"))?;
-        selem
-            .get_playback_volume(SelemChannelId::mono())
-            .map_err(|e| format!("cannot read ALSA control {control:?}: {e}"))
+        self.with_selem(|selem, control| {
+            selem
+                .get_playback_volume(SelemChannelId::mono())
+                .map_err(|e| format!("cannot read ALSA control {control:?}: {e}"))
+        })
     }
 
     fn write(&mut self, raw: i64) -> Result<(), String> {
-        let (control, index) = (self.control.clone(), self.index);
-        let handle = self.handle()?;
-        let selem = handle
-            .find_selem(&SelemId::new(&control, index))
-            .ok_or_else(|| format!("ALSA control {control:?} disappeared"))?;
-        selem
-            .set_playback_volume_all(raw)
-            .map_err(|e| format!("cannot set ALSA control {control:?}: {e}"))
+        self.with_selem(|selem, control| {
+            selem
+                .set_playback_volume_all(raw)
+                .map_err(|e| format!("cannot set ALSA control {control:?}: {e}"))
+        })
     }
 
     fn close(&mut self) {

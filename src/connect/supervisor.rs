@@ -581,23 +581,11 @@ impl<B: ConnectBackend> Supervisor<B> {
         let tracking = self.frozen_intent.is_none();
         let event = match signal {
             PlayerSignal::Playing { position_ms } => {
-                if tracking {
-                    self.was_playing.store(true, Ordering::SeqCst);
-                }
-                self.publish(|s| {
-                    s.playing = true;
-                    s.position_ms = position_ms;
-                });
+                self.playback_changed(tracking, true, position_ms);
                 Some(PlaybackEvent::Playing { position_ms })
             }
             PlayerSignal::Paused { position_ms } => {
-                if tracking {
-                    self.was_playing.store(false, Ordering::SeqCst);
-                }
-                self.publish(|s| {
-                    s.playing = false;
-                    s.position_ms = position_ms;
-                });
+                self.playback_changed(tracking, false, position_ms);
                 Some(PlaybackEvent::Paused { position_ms })
             }
             PlayerSignal::Stopped => {
@@ -636,6 +624,18 @@ impl<B: ConnectBackend> Supervisor<B> {
             // No listener is fine: the Jellyfin sidecar may be off.
             let _ = self.endpoint.events.send(event);
         }
+    }
+
+    /// Playing or paused at a position: the status follows always, the intent only while it is
+    /// not frozen.
+    fn playback_changed(&mut self, tracking: bool, playing: bool, position_ms: u32) {
+        if tracking {
+            self.was_playing.store(playing, Ordering::SeqCst);
+        }
+        self.publish(|s| {
+            s.playing = playing;
+            s.position_ms = position_ms;
+        });
     }
 
     /// Player events with no session (the shutdown's pause, a load failing on the dead session):
