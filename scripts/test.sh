@@ -49,11 +49,16 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test (host)"
 $SUDO env "PATH=$PATH" "HOME=$HOME" ${CARGO_HOME:+"CARGO_HOME=$CARGO_HOME"} ${RUSTUP_HOME:+"RUSTUP_HOME=$RUSTUP_HOME"} \
   cargo test --locked --all-targets -- --nocapture 2>&1 | tee /tmp/pispeaker-host-tests.log
-grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{p+=$4; f+=$6} END {print "host tests: " p " passed, " f " failed"}'
+host_passed=$(grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{p+=$4} END {print p+0}')
+host_failed=$(grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{f+=$6} END {print f+0}')
+echo "host tests: $host_passed passed"
 
-if [ -z "${SKIP_ARMV7:-}" ] && [ -x scripts/cross-armv7.sh ]; then
+armv7_passed=0
+if [ -z "${SKIP_ARMV7:-}" ]; then
   step "armv7: build, tests under qemu, .deb"
-  $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-armv7.sh ci
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-armv7.sh ci 2>&1 | tee /tmp/pispeaker-armv7.log
+  armv7_passed=$(sed -n 's/.*armv7 tests under qemu: \([0-9]*\) passed.*/\1/p' /tmp/pispeaker-armv7.log | tail -n1)
 fi
 echo
-echo "all checks passed in $(( $(date +%s) - started )) s"
+echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0})"
+echo "summary: $(( host_passed + ${armv7_passed:-0} )) passed, $host_failed failed"
