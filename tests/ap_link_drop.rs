@@ -184,7 +184,7 @@ fn rules_are_removed_when_the_holder_panics_and_stale_ones_can_be_cleaned() {
             .insert()
             .expect("insert");
         assert_eq!(iptables_rules(&ns).matches(RULE_TAG).count(), 2);
-        panic!("test body fails while the rules are in place");
+        panic!("expected panic (the test body fails while the rules are in place)");
     });
     assert!(result.is_err());
     assert!(
