@@ -25,5 +25,6 @@ fi
 
 cargo build --release --locked
 state="${XDG_STATE_HOME:-$HOME/.local/state}/pispeaker"
-config="${PISPEAKER_CONFIG:-/etc/pispeaker/config.toml}"
-exec ./target/release/pispeaker --config "$config" --cache "$state" --status-listen 127.0.0.1:7070 "$@"
+# The system config if there is one (pispeaker reads /etc/pispeaker/config.toml by itself; a
+# missing one means defaults). PISPEAKER_CONFIG=path picks another file.
+exec ./target/release/pispeaker --cache "$state" --status-listen 127.0.0.1:7070 "$@"
