@@ -31,11 +31,15 @@ OUT="$CARGO_TARGET_DIR/$TARGET/release"
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Under emulation: the library's unit and logic tests (config, mixer mapping, supervisor with the
+# fake session, state writer, Jellyfin messages), config_cli (drives the armv7 binary itself) and
+# jellyfin_sidecar (the sidecar against the fake server over loopback).
 # Tests that stay on the host, and why:
-#   ap_link_drop, e2e_discovery: network namespaces, veth and iptables need root on the host
-#     kernel; under qemu-user the ip/iptables tools and setns would run as host binaries anyway.
+#   ap_link_drop, e2e_discovery, jellyfin_netns: network namespaces, veth and iptables need root
+#     on the host kernel; under qemu-user the ip/iptables tools and setns run as host binaries
+#     anyway, so emulation would prove nothing more.
 #   systemd_unit: runs the host's systemd-analyze on the unit file; nothing armv7 about it.
-ARMV7_TESTS=(--lib --test config_cli)
+ARMV7_TESTS=(--lib --test config_cli --test jellyfin_sidecar)
 
 pinned_packages() {
   echo "rustc-web=$RUST_VERSION cargo-web=$RUST_VERSION libstd-rust-web-dev=$RUST_VERSION"
