@@ -60,6 +60,8 @@ struct Audio {
 }
 
 fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, AudioError> {
+    let start_volume =
+        remembered_volume.unwrap_or_else(|| percent_to_volume(config.initial_volume));
     let settings = MixerSettings {
         use_hardware: config.mixer == MixerKind::Alsa,
         device: config.alsa_mixer_device.clone(),
@@ -84,10 +86,9 @@ fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, 
         (audio::open_mixer(&soft)?, audio::null_sink())
     };
     if !opened.hardware {
-        // Software volume forgets everything on restart: start where the user left it.
-        if let Some(volume) = remembered_volume {
-            opened.mixer.set_volume(volume);
-        }
+        // Software volume forgets everything on restart: start where the user left it (or, on a
+        // fresh install, at the configured start-up volume).
+        opened.mixer.set_volume(start_volume);
     }
     Ok(Audio {
         mixer: opened.mixer,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use log::warn;
 use tokio::sync::watch;
 
-use crate::connect::control::SpeakerStatus;
+use crate::connect::control::{SpeakerStatus, SpotifyState};
 use crate::state;
 
 const FILE: &str = "volume";
@@ -52,7 +52,9 @@ impl VolumeMemory {
     }
 
     /// Follows the status and stores the volume `debounce` after it stops changing, and once
-    /// more when `shutdown` turns true.
+    /// more when `shutdown` turns true. Nothing is stored before Spotify first connected: until
+    /// then the install is still fresh, and a restart must still apply the configured start-up
+    /// volume.
     pub async fn follow(
         self,
         mut status: watch::Receiver<SpeakerStatus>,
@@ -61,6 +63,7 @@ impl VolumeMemory {
     ) {
         let mut stored = self.load();
         let mut pending: Option<u16> = None;
+        let mut connected_once = stored.is_some();
         loop {
             let wait = tokio::time::sleep(if pending.is_some() {
                 debounce
@@ -72,8 +75,12 @@ impl VolumeMemory {
                     if changed.is_err() {
                         break;
                     }
-                    let volume = status.borrow_and_update().volume;
-                    pending = (stored != Some(volume)).then_some(volume);
+                    let (volume, connected) = {
+                        let now = status.borrow_and_update();
+                        (now.volume, now.spotify == SpotifyState::Connected)
+                    };
+                    connected_once |= connected;
+                    pending = (connected_once && stored != Some(volume)).then_some(volume);
                 }
                 _ = wait => {
                     if let Some(volume) = pending.take() {
@@ -85,7 +92,7 @@ impl VolumeMemory {
             }
         }
         let last = status.borrow().volume;
-        if stored != Some(last) {
+        if connected_once && stored != Some(last) {
             self.store(last);
         }
     }
@@ -117,6 +124,14 @@ mod tests {
             Duration::from_secs(5),
             shutdown_rx,
         ));
+        status_tx.send_modify(|s| s.volume = 1234);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            memory.load(),
+            None,
+            "still a fresh install while nobody connected"
+        );
+        status_tx.send_modify(|s| s.spotify = SpotifyState::Connected);
         for v in (0..100u16).map(|i| i * 600) {
             status_tx.send_modify(|s| s.volume = v);
             tokio::time::sleep(Duration::from_millis(50)).await;
