@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idle memory: RSS of pispeaker and of stock librespot 0.8.0 after 10 s waiting for discovery,
-# both release builds for this machine with the same librespot features, measured in this run.
+# both release builds for this machine with the same librespot features, measured in this run
+# (stock as shipped: its own default release profile; see bench/stock.sh).
 # Prints both and the ratio (pispeaker / librespot). Not a test: a figure for the closing note.
 #
 # The stock binary is built from crates.io into bench/out (gitignored), never committed.
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/stock.sh
-stock=$(stock_host)
+stock=$(stock_host shipped)
 echo "building pispeaker (release) ..."
 cargo build --release --locked >/dev/null 2>&1
 ours=target/release/pispeaker
@@ -40,5 +41,4 @@ stock_rss=$(measure stock "$stock" --name bench-stock --backend alsa --device de
 our_rss=$(measure ours "$ours" --config "$cfg" --name bench-ours --zeroconf-port 45802)
 printf 'idle RSS after 10 s waiting for discovery: pispeaker %d KiB, stock librespot %d KiB, ratio %s\n' \
   "$our_rss" "$stock_rss" "$(ratio "$our_rss" "$stock_rss")"
-o=$(stat -c %s "$ours"); s=$(stat -c %s "$stock")
-printf 'stripped x86_64 binary: pispeaker %d bytes, stock librespot %d bytes, ratio %s\n' "$o" "$s" "$(ratio "$o" "$s")"
+bash bench/binary-size.sh --host
