@@ -1,5 +1,6 @@
 //! The command line: `pispeaker [run]` runs the speaker; the subcommands are tools around it.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigArgs, ConfigError};
 use crate::connect::drop_test::{self, DropTestOptions};
-use crate::{board, daemon, logging};
+use crate::{board, boot_config, daemon, logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,15 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// SD image: turn the boot partition's pispeaker.toml into runtime files (run at every boot)
+    BootConfig {
+        /// The settings file on the boot partition
+        #[arg(long, default_value = boot_config::DEFAULT_SOURCE)]
+        source: PathBuf,
+        /// Where the runtime files go
+        #[arg(long, default_value = boot_config::DEFAULT_OUT_DIR)]
+        out: PathBuf,
+    },
     /// Jellyfin tools
     Jellyfin {
         #[command(subcommand)]
@@ -64,6 +74,11 @@ pub fn main() -> ExitCode {
     logging::init();
     // Exits with status 2 and clap's message for unknown flags and invalid values.
     let cli = Cli::parse();
+    // The boot config runs before the speaker's own config matters (and must work when that is
+    // broken), so it does not load it.
+    if let Some(Command::BootConfig { source, out }) = &cli.command {
+        return apply_boot_config(source, out);
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => return config_error(&e),
@@ -92,6 +107,39 @@ pub fn main() -> ExitCode {
         Some(Command::Jellyfin {
             command: JellyfinCommand::Pair { server },
         }) => block_on(crate::jellyfin::pair_interactive(config, server)),
+        Some(Command::BootConfig { .. }) => ExitCode::SUCCESS, // handled above
+    }
+}
+
+/// Every problem goes to stderr (the journal) with the file it came from; only an unwritable
+/// output directory is a failure, because the speaker must still start with defaults.
+fn apply_boot_config(source: &Path, out: &Path) -> ExitCode {
+    match boot_config::apply(source, out) {
+        Ok(applied) => {
+            for problem in &applied.problems {
+                if problem.key.is_empty() {
+                    eprintln!("boot config: {}: {}", source.display(), problem.message);
+                } else {
+                    eprintln!(
+                        "boot config: {}: {}: {}",
+                        source.display(),
+                        problem.key,
+                        problem.message
+                    );
+                }
+            }
+            eprintln!(
+                "boot config: applied {} ({} problem(s)); runtime files in {}",
+                source.display(),
+                applied.problems.len(),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: boot config: cannot write {}: {e}", out.display());
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -227,10 +227,16 @@ async fn run_async(config: Config) -> ExitCode {
     if config.status.enabled {
         match status::bind(&config.status.listen).await {
             Ok(listener) => {
-                tokio::spawn(status::serve(
+                let boot_config = config
+                    .status
+                    .boot_config_report
+                    .as_deref()
+                    .and_then(crate::boot_config::read_report);
+                tokio::spawn(status::serve_with_boot_config(
                     listener,
                     control.clone(),
                     jellyfin_state_rx,
+                    boot_config,
                     shutdown_rx.clone(),
                 ));
             }

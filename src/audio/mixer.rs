@@ -32,6 +32,28 @@ pub trait VolumeControl: Send {
     fn describe(&self) -> String;
 }
 
+/// The control name that means "the device's main playback volume, whatever it is called": USB
+/// DACs name theirs after the USB terminal ("PCM", "Speaker", "Audio Output", a product name).
+pub const AUTO_CONTROL: &str = "auto";
+
+/// Picks the main playback volume among a card's controls: the usual names first (in the order
+/// ALSA's own tools treat as "the" volume), else the first control with a playback volume.
+pub fn pick_auto_control(candidates: &[(String, u32)]) -> Option<(String, u32)> {
+    const PREFERRED: [&str; 6] = [
+        "Master",
+        "PCM",
+        "Speaker",
+        "Headphone",
+        "Digital",
+        "Headphones",
+    ];
+    PREFERRED
+        .iter()
+        .find_map(|want| candidates.iter().find(|(name, _)| name == want))
+        .or_else(|| candidates.first())
+        .cloned()
+}
+
 /// A simple-mixer control on an ALSA mixer device.
 pub struct AlsaControl {
     device: String,
@@ -88,6 +110,35 @@ impl VolumeControl for AlsaControl {
         }
         let handle = AlsaMixerHandle::new(&self.device, false)
             .map_err(|e| format!("cannot open ALSA mixer {:?}: {e}", self.device))?;
+        if self.control.eq_ignore_ascii_case(AUTO_CONTROL) {
+            let candidates: Vec<(String, u32)> = handle
+                .iter()
+                .filter_map(alsa::mixer::Selem::new)
+                .filter(|selem| selem.has_playback_volume())
+                .filter_map(|selem| {
+                    let id = selem.get_id();
+                    Some((id.get_name().ok()?.to_string(), id.get_index()))
+                })
+                .collect();
+            let (control, index) = pick_auto_control(&candidates).ok_or_else(|| {
+                format!(
+                    "ALSA mixer {:?} has no playback volume control",
+                    self.device
+                )
+            })?;
+            info!(
+                "volume: alsa-mixer-control = \"auto\" picked {control:?} index {index} on {} (of {})",
+                self.device,
+                candidates
+                    .iter()
+                    .map(|(name, _)| format!("{name:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            // Kept for the reopen path: a replugged DAC has the same control names.
+            self.control = control;
+            self.index = index;
+        }
         let selem = handle
             .find_selem(&SelemId::new(&self.control, self.index))
             .ok_or_else(|| {
@@ -408,6 +459,26 @@ pub fn open_mixer(settings: &MixerSettings) -> Result<OpenedMixer, AudioError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn auto_control_prefers_the_usual_names_then_the_first() {
+        let c = |names: &[&str]| -> Vec<(String, u32)> {
+            names.iter().map(|n| (n.to_string(), 0)).collect()
+        };
+        assert_eq!(
+            pick_auto_control(&c(&["Mic", "PCM", "Master"])),
+            Some(("Master".into(), 0))
+        );
+        assert_eq!(
+            pick_auto_control(&c(&["Audio Output", "Headphone"])),
+            Some(("Headphone".into(), 0))
+        );
+        assert_eq!(
+            pick_auto_control(&c(&["Audio Output", "Other"])),
+            Some(("Audio Output".into(), 0))
+        );
+        assert_eq!(pick_auto_control(&[]), None);
+    }
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
     /// A simulated control with shared counters, so a test can turn the "knob" and count

@@ -91,6 +91,14 @@ pub struct ConfigArgs {
         global = true
     )]
     pub status_listen: Option<ListenAddr>,
+    /// Show this boot-config report (written by `pispeaker boot-config`) on the status page
+    #[arg(
+        long,
+        env = "PISPEAKER_STATUS_BOOT_CONFIG_REPORT",
+        value_name = "PATH",
+        global = true
+    )]
+    pub status_boot_config_report: Option<PathBuf>,
     /// Register the speaker with a Jellyfin server
     #[arg(long, env = "PISPEAKER_JELLYFIN_ENABLED", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), global = true)]
     pub jellyfin_enabled: Option<bool>,
@@ -137,6 +145,7 @@ impl ConfigArgs {
         let status = StatusLayer {
             enabled: self.status_enabled,
             listen: self.status_listen.clone(),
+            boot_config_report: self.status_boot_config_report.clone(),
         };
         let jellyfin = JellyfinLayer {
             enabled: self.jellyfin_enabled,

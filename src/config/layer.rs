@@ -51,6 +51,7 @@ pub struct ReconnectLayer {
 pub struct StatusLayer {
     pub enabled: Option<bool>,
     pub listen: Option<ListenAddr>,
+    pub boot_config_report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -108,6 +109,9 @@ impl Layer {
             set(&mut c.status.enabled, &s.enabled);
             if let Some(v) = &s.listen {
                 c.status.listen = v.0.to_string();
+            }
+            if let Some(v) = &s.boot_config_report {
+                c.status.boot_config_report = Some(v.clone());
             }
         }
         if let Some(j) = &self.jellyfin {

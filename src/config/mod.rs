@@ -80,6 +80,8 @@ pub struct StatusConfig {
     pub enabled: bool,
     /// Listen address of the read-only status page.
     pub listen: String,
+    /// The SD image's boot-config report (`pispeaker boot-config`), shown on the page.
+    pub boot_config_report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -132,6 +134,7 @@ impl Default for StatusConfig {
         Self {
             enabled: true,
             listen: "0.0.0.0:7070".into(),
+            boot_config_report: None,
         }
     }
 }

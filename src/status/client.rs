@@ -76,5 +76,21 @@ pub fn render(status: &Value) -> String {
         },
     );
     line("jellyfin", text(&status["jellyfin"]["state"]));
+    // The SD image's boot partition settings: each value that could not be used.
+    if let Some(problems) = status["boot_config"]["problems"].as_array() {
+        let source = text(&status["boot_config"]["source"]);
+        if problems.is_empty() {
+            line("boot config", format!("{source}: ok"));
+        }
+        for problem in problems {
+            let key = text(&problem["key"]);
+            let message = text(&problem["message"]);
+            if key.is_empty() {
+                line("boot config", format!("{source}: {message}"));
+            } else {
+                line("boot config", format!("{source}: {key}: {message}"));
+            }
+        }
+    }
     out
 }

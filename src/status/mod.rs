@@ -4,4 +4,4 @@ pub(crate) mod client;
 mod server;
 
 pub use client::print_status;
-pub use server::{bind, serve, status_json};
+pub use server::{bind, serve, serve_with_boot_config, status_json};

@@ -38,8 +38,21 @@ pub async fn serve(
     listener: TcpListener,
     control: ControlHandle,
     jellyfin: watch::Receiver<JellyfinState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with_boot_config(listener, control, jellyfin, None, shutdown).await
+}
+
+/// [`serve`], also showing the SD image's boot-config report (read once: it only changes with
+/// a reboot).
+pub async fn serve_with_boot_config(
+    listener: TcpListener,
+    control: ControlHandle,
+    jellyfin: watch::Receiver<JellyfinState>,
+    boot_config: Option<Value>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let boot_config = std::sync::Arc::new(boot_config);
     if let Ok(addr) = listener.local_addr() {
         info!("status page on http://{addr}/");
     }
@@ -56,9 +69,16 @@ pub async fn serve(
         };
         let control = control.clone();
         let jellyfin = jellyfin.clone();
+        let boot_config = boot_config.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = respond(&request, peer.ip(), &control.status(), &jellyfin.borrow());
+                let response = respond(
+                    &request,
+                    peer.ip(),
+                    &control.status(),
+                    &jellyfin.borrow(),
+                    boot_config.as_ref().as_ref(),
+                );
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(e) = http1::Builder::new()
@@ -77,6 +97,7 @@ pub fn respond(
     peer: IpAddr,
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
+    boot_config: Option<&Value>,
 ) -> Response<Full<Bytes>> {
     route(
         request.method(),
@@ -84,6 +105,7 @@ pub fn respond(
         peer,
         status,
         jellyfin,
+        boot_config,
     )
 }
 
@@ -93,6 +115,7 @@ fn route(
     peer: IpAddr,
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
+    boot_config: Option<&Value>,
 ) -> Response<Full<Bytes>> {
     if !is_local(peer) {
         return plain(
@@ -107,7 +130,7 @@ fn route(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let json = status_json(status, jellyfin);
+    let json = status_json(status, jellyfin, boot_config);
     let (body, content_type) = match path {
         "/status.json" => (json.to_string(), "application/json"),
         "/" => (html(&json), "text/html; charset=utf-8"),
@@ -152,7 +175,11 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 /// The JSON document (also what `pispeaker status` and `drop-test` read).
-pub fn status_json(status: &SpeakerStatus, jellyfin: &JellyfinState) -> Value {
+pub fn status_json(
+    status: &SpeakerStatus,
+    jellyfin: &JellyfinState,
+    boot_config: Option<&Value>,
+) -> Value {
     let percent = (f64::from(status.volume) * 100.0 / f64::from(MAX_VOLUME)).round();
     json!({
         "name": status.name,
@@ -168,6 +195,7 @@ pub fn status_json(status: &SpeakerStatus, jellyfin: &JellyfinState) -> Value {
             "volume": status.volume,
         },
         "jellyfin": jellyfin,
+        "boot_config": boot_config,
     })
 }
 
@@ -226,6 +254,7 @@ mod tests {
             &JellyfinState::Pairing {
                 code: "123456".into(),
             },
+            None,
         );
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = serde_json::from_str(&body(r)).unwrap();
@@ -239,6 +268,34 @@ mod tests {
     }
 
     #[test]
+    fn boot_config_problems_are_shown() {
+        let report = serde_json::json!({
+            "source": "/boot/firmware/pispeaker.toml",
+            "problems": [{"key": "wifi_country", "message": "\"XYZ\" is not a two-letter country code"}],
+        });
+        let r = route(
+            &Method::GET,
+            "/status.json",
+            LAN,
+            &status(),
+            &JellyfinState::Disabled,
+            Some(&report),
+        );
+        let v: Value = serde_json::from_str(&body(r)).unwrap();
+        assert_eq!(v["boot_config"]["problems"][0]["key"], "wifi_country");
+        let page = body(route(
+            &Method::GET,
+            "/",
+            LAN,
+            &status(),
+            &JellyfinState::Disabled,
+            Some(&report),
+        ));
+        assert!(page.contains("wifi_country"), "{page}");
+        assert!(page.contains("two-letter"), "{page}");
+    }
+
+    #[test]
     fn html_is_escaped() {
         let page = body(route(
             &Method::GET,
@@ -246,6 +303,7 @@ mod tests {
             LAN,
             &status(),
             &JellyfinState::Disabled,
+            None,
         ));
         assert!(page.contains("Kitchen &lt;b&gt;"));
         assert!(!page.contains("Kitchen <b>"));
@@ -253,7 +311,14 @@ mod tests {
 
     #[test]
     fn read_only_and_lan_only() {
-        let r = route(&Method::POST, "/", LAN, &status(), &JellyfinState::Disabled);
+        let r = route(
+            &Method::POST,
+            "/",
+            LAN,
+            &status(),
+            &JellyfinState::Disabled,
+            None,
+        );
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let outside = IpAddr::V4(std::net::Ipv4Addr::new(8, 8, 8, 8));
         let r = route(
@@ -262,6 +327,7 @@ mod tests {
             outside,
             &status(),
             &JellyfinState::Disabled,
+            None,
         );
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(is_local("::1".parse().unwrap()));
@@ -274,6 +340,7 @@ mod tests {
             LAN,
             &status(),
             &JellyfinState::Disabled,
+            None,
         );
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }

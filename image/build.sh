@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Builds the flashable SD image for Raspberry Pi 2 / 3 / Zero 2 W (32-bit, armhf):
+#
+#   sudo bash image/build.sh            ->  image/out/pispeaker-<version>-armhf.img.xz (+ .sha256)
+#
+# Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
+# build (scripts/cross-armv7.sh). No loop devices, no docker: mmdebstrap builds the root file
+# system under qemu-user binfmt, genimage writes the partitioned image with mke2fs -d and mtools.
+#
+# Options (flags or environment):
+#   --mirror URL       PISPEAKER_IMAGE_MIRROR     Debian mirror (default http://deb.debian.org/debian)
+#   --apt-line LINE    PISPEAKER_IMAGE_APT_LINES  full sources lines instead (repeatable; env: one per line)
+#   --out DIR          PISPEAKER_IMAGE_OUT        where the .img.xz goes (default image/out)
+#   --cache DIR        PISPEAKER_IMAGE_CACHE      where the package-only root file system is kept
+#                                                 between runs (default image/cache)
+#   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
+#   --keep-work                                   keep the unpacked trees (for debugging)
+#
+# The apt lines name bookworm and bookworm-updates only: the bookworm-security armhf index has
+# failed mid-sync on build machines, and an image build must not depend on it. Add a security
+# line with --apt-line if your mirror carries it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+MIRROR=${PISPEAKER_IMAGE_MIRROR:-http://deb.debian.org/debian}
+OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
+CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
+NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
+KEEP_WORK=""
+APT_LINES=()
+if [ -n "${PISPEAKER_IMAGE_APT_LINES:-}" ]; then
+  while IFS= read -r line; do [ -n "$line" ] && APT_LINES+=("$line"); done <<<"$PISPEAKER_IMAGE_APT_LINES"
+fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --mirror) MIRROR=$2; shift 2 ;;
+    --apt-line) APT_LINES+=("$2"); shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --cache) CACHE=$2; shift 2 ;;
+    --no-cache) NO_CACHE=1; shift ;;
+    --keep-work) KEEP_WORK=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ ${#APT_LINES[@]} -eq 0 ]; then
+  APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
+fi
+
+STEPS=7
+step_no=0
+T0=$SECONDS
+step() { step_no=$((step_no + 1)); printf '\n==> [%d/%d] %s  (%ds)\n' "$step_no" "$STEPS" "$*" "$((SECONDS - T0))"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "building the image needs root (mmdebstrap --mode=root, chroot, file ownership): run it with sudo"
+command -v apt-get >/dev/null || die "this builder needs Debian bookworm (or newer) with apt"
+
+# The packages of the image. Only what a headless speaker needs: the armmp kernel (Pi 2/3/Zero 2 W
+# device trees, snd-bcm2835, snd-usb-audio, brcmfmac), the Pi boot firmware, Wi-Fi firmware and
+# regulatory data, systemd-networkd/resolved/timesyncd (the Pi has no clock), ALSA tools, iptables
+# for `pispeaker drop-test`, and an SSH server that stays off unless the boot config enables it.
+PACKAGES=(
+  systemd systemd-sysv systemd-resolved systemd-timesyncd udev dbus kmod
+  linux-image-armmp raspi-firmware firmware-brcm80211 wireless-regdb wpasupplicant
+  iproute2 iptables ca-certificates alsa-utils libasound2 adduser openssh-server
+)
+# Documentation, manual pages and translations are not read on a speaker.
+DPKG_OPTS=(
+  'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/locale/*'
+  'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' 'path-exclude=/usr/share/lintian/*'
+)
+
+# ---------------------------------------------------------------------------------------------
+step "host tools"
+need=()
+for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq || echo "warning: apt-get update reported errors; continuing with the indexes that loaded" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || die "could not install ${need[*]}"
+fi
+# mmdebstrap runs armhf maintainer scripts through qemu-user: binfmt_misc must know ARM binaries.
+[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+  || die "cannot mount binfmt_misc (needed to run armhf programs under qemu-user)"
+[ -e /proc/sys/fs/binfmt_misc/qemu-arm ] || update-binfmts --enable qemu-arm >/dev/null 2>&1 || true
+[ -e /proc/sys/fs/binfmt_misc/qemu-arm ] || die "qemu-arm is not registered with binfmt_misc: install qemu-user-static and binfmt-support"
+arch-test armhf >/dev/null 2>&1 || die "this machine cannot run armhf programs (arch-test armhf failed): check qemu-user-static/binfmt"
+echo "mmdebstrap $(mmdebstrap --version | awk '{print $2}'), genimage $(dpkg-query -W -f='${Version}' genimage), apt sources:"
+printf '  %s\n' "${APT_LINES[@]}"
+
+# ---------------------------------------------------------------------------------------------
+step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
+bash scripts/cross-armv7.sh deb >/tmp/pispeaker-image-deb.log 2>&1 \
+  || { tail -n 40 /tmp/pispeaker-image-deb.log >&2; die "the armv7 build failed (full log: /tmp/pispeaker-image-deb.log)"; }
+DEB=$(ls -t target/debian-armv7/pispeaker_*_armhf.deb | head -n1)
+VERSION=$(dpkg-deb -f "$DEB" Version)
+echo "$DEB (version $VERSION)"
+
+# ---------------------------------------------------------------------------------------------
+# The package-only root file system is the slow part (maintainer scripts under emulation,
+# mkinitramfs most of all: ~15 min on 2 cores), so it is kept under a key of everything that
+# goes into it and reused while that stays the same.
+step "root file system from Debian bookworm armhf (mmdebstrap)"
+mkdir -p "$CACHE" "$OUT"
+key=$(printf '%s\n' "v1" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}" | sha256sum | cut -c1-16)
+BASE="$CACHE/base-$key.tar"
+if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
+  echo "mmdebstrap: ${#PACKAGES[@]} packages and their dependencies (progress below; ~15 min under emulation)"
+  mm_args=(--mode=root --architectures=armhf --variant=minbase --format=tar
+           --aptopt='Apt::Install-Recommends "false"'
+           --include="$(IFS=,; echo "${PACKAGES[*]}")")
+  for o in "${DPKG_OPTS[@]}"; do mm_args+=(--dpkgopt="$o"); done
+  t=$SECONDS
+  mmdebstrap "${mm_args[@]}" bookworm "$BASE.partial" "${APT_LINES[@]}" \
+    || die "mmdebstrap failed: check the apt lines above (--mirror/--apt-line) and the network"
+  mv "$BASE.partial" "$BASE"
+  echo "root file system built in $((SECONDS - t)) s: $BASE ($(du -h "$BASE" | cut -f1))"
+else
+  echo "reusing $BASE (same packages and mirrors; --no-cache rebuilds it)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+step "customize: pispeaker .deb, image settings, locked root, read-only root"
+WORK=$(mktemp -d /var/tmp/pispeaker-image.XXXXXX)
+ROOT=$WORK/root
+cleanup() {
+  for m in "$ROOT/proc" "$ROOT/sys" "$ROOT/dev"; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
+  if [ -z "$KEEP_WORK" ]; then rm -rf "$WORK"; else echo "work tree kept in $WORK"; fi
+}
+trap cleanup EXIT
+mkdir -p "$ROOT"
+tar --numeric-owner -xpf "$BASE" -C "$ROOT"
+mount -t proc proc "$ROOT/proc"
+mount --rbind /dev "$ROOT/dev"
+cp "$DEB" "$ROOT/tmp/pispeaker.deb"
+# In a chroot deb-systemd-invoke does not start the service; it only enables it.
+chroot "$ROOT" dpkg -i /tmp/pispeaker.deb >/dev/null
+rm -f "$ROOT/tmp/pispeaker.deb"
+cp -rT --no-preserve=ownership image/rootfs "$ROOT"
+install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
+chroot "$ROOT" /tmp/customize.sh
+rm -f "$ROOT/tmp/customize.sh"
+umount -l "$ROOT/dev" "$ROOT/proc"
+# The user-editable settings file on the FAT partition.
+install -m 0644 image/boot/pispeaker.toml "$ROOT/boot/firmware/pispeaker.toml"
+# The writable data partition's starting content: the state directories and systemd's.
+mkdir -p "$ROOT/data"
+install -d -m 0700 -o "$(chroot "$ROOT" id -u pispeaker)" -g "$(chroot "$ROOT" id -g pispeaker)" "$ROOT/data/pispeaker"
+cp -a "$ROOT/var/lib/systemd" "$ROOT/data/systemd"
+install -d -m 0700 "$ROOT/data/ssh"
+# Left empty on the root: it is a mount point.
+find "$ROOT/var/lib/pispeaker" -mindepth 1 -delete
+echo "boot partition: $(ls "$ROOT/boot/firmware" | wc -l) files; cmdline.txt: $(cat "$ROOT/boot/firmware/cmdline.txt")"
+
+# ---------------------------------------------------------------------------------------------
+step "partitioned image (genimage: FAT boot, ext4 root, ext4 data; no loop devices)"
+root_mb=$(du -sm --exclude=./boot/firmware --exclude=./data "$ROOT" | cut -f1)
+# ext4 metadata and a margin: the root is read-only, so it only needs room for what is there.
+ROOT_SIZE=$(( (root_mb * 115 / 100 + 64 + 15) / 16 * 16 ))M
+sed "s/@ROOT_SIZE@/$ROOT_SIZE/" image/genimage.cfg > "$WORK/genimage.cfg"
+NAME="pispeaker-$VERSION-armhf"
+mkdir -p "$WORK/out" "$WORK/in"
+genimage --config "$WORK/genimage.cfg" --rootpath "$ROOT" --tmppath "$WORK/gtmp" \
+  --inputpath "$WORK/in" --outputpath "$WORK/out" >"$WORK/genimage.log" 2>&1 \
+  || { tail -n 30 "$WORK/genimage.log" >&2; die "genimage failed (log above)"; }
+IMG="$WORK/out/pispeaker.img"
+sfdisk -d "$IMG" | sed 's/^/  /'
+
+# ---------------------------------------------------------------------------------------------
+step "compress (xz) and checksum"
+rm -f "$OUT/$NAME.img.xz" "$OUT/$NAME.img.xz.sha256"
+xz -T0 -6 -v -c "$IMG" > "$OUT/$NAME.img.xz.partial"
+mv "$OUT/$NAME.img.xz.partial" "$OUT/$NAME.img.xz"
+(cd "$OUT" && sha256sum "$NAME.img.xz" > "$NAME.img.xz.sha256")
+
+# ---------------------------------------------------------------------------------------------
+step "what takes the space"
+du -xsm "$ROOT"/usr/lib/modules "$ROOT"/usr/lib/firmware "$ROOT"/boot/firmware "$ROOT"/boot \
+  "$ROOT"/usr/lib/arm-linux-gnueabihf "$ROOT"/usr/share "$ROOT"/usr/bin "$ROOT"/usr/sbin "$ROOT"/var 2>/dev/null \
+  | sort -rn | sed "s|$ROOT||; s/^/  MB /"
+img_bytes=$(stat -c %s "$IMG")
+xz_bytes=$(stat -c %s "$OUT/$NAME.img.xz")
+echo
+echo "image: $OUT/$NAME.img.xz ($((xz_bytes / 1000000)) MB compressed, $((img_bytes / 1000000)) MB written to the card; root file system ${root_mb} MB)"
+echo "checksum: $OUT/$NAME.img.xz.sha256"
+echo "image figures: build ${SECONDS}s, compressed $xz_bytes bytes, uncompressed $img_bytes bytes"

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Boots the SD image in qemu-system-arm and checks that it is a working speaker:
+#
+#   sudo bash tests/image_boot.sh [image/out/pispeaker-<ver>-armhf.img.xz]
+#
+# A throw-away copy of the image boots on qemu's `virt` machine (the Pi's own machine models do
+# not reach multi-user under emulation) with the image's own kernel, initrd and root file system
+# and an emulated USB audio device, so the guest has a real ALSA card with a hardware volume
+# control (snd-usb-audio), like a USB DAC. On that copy only, the boot partition's
+# pispeaker.toml gets a test name and one invalid value, and a probe script (tests/image/
+# ci-probe.sh) runs from the kernel command line and reports over the serial console.
+#
+# Checked: the speaker reaches READY; answers zeroconf getInfo from the host (port forward);
+# found the USB card's hardware volume control; follows volumes set with amixer in the guest;
+# reports the invalid boot setting on its status page and still runs; read-only root, state on
+# PSDATA, root locked, volatile journal; and `ss -ltnup` lists only the speaker's own sockets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+pass() { printf 'ok: %s\n' "$*"; }
+
+XZ=${1:-$(ls -t image/out/pispeaker-*-armhf.img.xz 2>/dev/null | head -n1)}
+[ -n "$XZ" ] && [ -s "$XZ" ] || die "no image: build one with 'sudo bash image/build.sh' first"
+for tool in qemu-system-arm mcopy sfdisk curl xz; do
+  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install qemu-system-arm mtools fdisk curl xz-utils)"
+done
+(cd "$(dirname "$XZ")" && sha256sum -c --quiet "$(basename "$XZ").sha256") || die "checksum of $XZ does not match"
+
+WORK=$(mktemp -d /var/tmp/pispeaker-boot.XXXXXX)
+QEMU_PID=""
+cleanup() {
+  [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+IMG=$WORK/disk.img
+xz -dc "$XZ" > "$IMG"
+
+# The FAT partition, addressed by byte offset (mtools' "@@"): no loop device needed.
+start=$(sfdisk -d "$IMG" | awk -F'[=,]' '/^.*img1 /{gsub(/ /,"",$2); print $2}')
+[ -n "$start" ] || die "no first partition in $IMG"
+FAT="$IMG@@$((start * 512))"
+mdir -b -i "$FAT" :: > "$WORK/boot-files"
+KERNEL=$(grep -o 'vmlinuz-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
+INITRD=$(grep -o 'initrd.img-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
+[ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "the boot partition lacks the kernel or initrd: $(tr '\n' ' ' < "$WORK/boot-files")"
+for f in config.txt cmdline.txt pispeaker.toml bcm2710-rpi-3-b.dtb bcm2709-rpi-2-b.dtb bcm2710-rpi-zero-2-w.dtb; do
+  grep -qx "::/$f" "$WORK/boot-files" || die "the boot partition lacks $f"
+done
+mcopy -i "$FAT" "::$KERNEL" "::$INITRD" ::cmdline.txt ::config.txt ::pispeaker.toml "$WORK/"
+grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
+grep -q "^kernel=$KERNEL" "$WORK/config.txt" || die "config.txt does not boot $KERNEL"
+pass "boot partition: $KERNEL, $INITRD, Pi 2/3/Zero 2 W device trees, config.txt, cmdline.txt, pispeaker.toml"
+
+# The Pi's command line, with the serial console of qemu's virt machine instead of the Pi's.
+cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/cmdline.txt")
+grep -q 'root=LABEL=RASPIROOT' <<<"$cmdline" || die "cmdline.txt does not mount the root by label: $cmdline"
+[ "$(grep -oE '(^| )r[ow]( |$)' <<<"$cmdline" | tail -n1 | tr -d ' ')" = ro ] || die "cmdline.txt mounts the root read-write: $cmdline"
+
+# The test's settings: a name, the USB DAC preset, and one invalid value that must be reported.
+cat > "$WORK/pispeaker.toml" <<'TOML'
+name = "CI Speaker"
+board = "usb-dac"
+wifi_country = "XYZ"
+ssh = false
+TOML
+mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
+mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ZC_PORT=$(free_port); STATUS_PORT=$(free_port)
+CONSOLE=$WORK/console.log
+started=$(date +%s)
+qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
+  -kernel "$WORK/$KERNEL" -initrd "$WORK/$INITRD" \
+  -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none" \
+  -drive file="$IMG",if=none,format=raw,id=hd -device virtio-blk-device,drive=hd \
+  -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$ZC_PORT-:7071,hostfwd=tcp:127.0.0.1:$STATUS_PORT-:7070" \
+  -device virtio-net-device,netdev=n \
+  -device qemu-xhci -device usb-audio,audiodev=a -audiodev "wav,id=a,path=$WORK/out.wav" \
+  -nographic -no-reboot </dev/null >"$CONSOLE" 2>&1 &
+QEMU_PID=$!
+echo "booting $(basename "$XZ") under qemu-system-arm (console log: $CONSOLE)"
+
+# Boot under TCG on 2 cores takes minutes; the probe prints "done" when it has checked everything.
+deadline=$((started + ${BOOT_TIMEOUT:-900}))
+until grep -q 'PISPEAKER-CI: done' "$CONSOLE"; do
+  kill -0 "$QEMU_PID" 2>/dev/null || { tail -n 60 "$CONSOLE"; die "qemu exited before the probe finished"; }
+  [ "$(date +%s)" -lt "$deadline" ] || { tail -n 80 "$CONSOLE"; die "the probe did not finish within ${BOOT_TIMEOUT:-900} s"; }
+  sleep 2
+done
+probe() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r' | head -n1; }
+probe_all() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r'; }
+echo "--- the speaker's journal in the guest"
+probe_all "journal " | sed 's/^/  /'
+
+[ "$(probe state=)" = active ] || die "pispeaker.service did not reach READY (state $(probe state=))"
+ready_us=$(probe ready_us=)
+pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started (host wall time to the probe's end: $(( $(date +%s) - started )) s)"
+
+# From the host, through the port forward: what the Spotify app asks first.
+info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"
+for field in '"remoteName":"CI Speaker"' '"deviceID":' '"publicKey":' '"deviceType":"SPEAKER"' '"activeUser":'; do
+  grep -q "$field" <<<"$info" || die "getInfo lacks $field: $info"
+done
+pass "zeroconf getInfo from the host: remoteName CI Speaker, deviceID, publicKey, activeUser"
+
+control=$(probe hw_control=)
+[ -n "$control" ] || die "the speaker did not pick a hardware volume control: $(probe hw_line=)"
+grep -q 'volume: hardware control' <<<"$(probe hw_line=)" || die "no hardware volume: $(probe hw_line=)"
+pass "hardware volume control on the USB card: \"$control\" ($(probe amixer=) at 60%)"
+
+v100=$(probe 'volume amixer=100% speaker=') v0=$(probe 'volume amixer=0% speaker=') v60=$(probe 'volume amixer=60% speaker=')
+[ "$v100" = 100% ] && [ "$v0" = 0% ] || die "amixer 100% / 0% read back as $v100 / $v0"
+pct=${v60%\%}
+[ "$pct" -gt 0 ] 2>/dev/null && [ "$pct" -lt 100 ] || die "amixer 60% read back as $v60"
+pass "volume set with amixer in the guest is read by the speaker: 100% -> $v100, 0% -> $v0, 60% -> $v60"
+
+status=$(curl -fsS --max-time 20 "http://127.0.0.1:$STATUS_PORT/status.json") || die "status page did not answer"
+grep -q '"key":"wifi_country"' <<<"$status" || die "the invalid wifi_country is not on the status page: $status"
+grep -q '"name":"CI Speaker"' <<<"$status" || die "the boot partition's name was not applied: $status"
+pass "invalid boot setting reported on the status page; the speaker runs with the rest"
+
+[[ "$(probe root_mount=)" == ro,* ]] || die "root is not read-only: $(probe root_mount=)"
+[[ "$(probe data_mount=)" == *rw* ]] || die "state is not on a writable partition: $(probe data_mount=)"
+[ "$(probe root_password=)" = L ] || die "root's password is not locked: $(probe root_password=)"
+[[ "$(probe journal_storage=)" == /run/* ]] || die "the journal is not volatile: $(probe journal_storage=)"
+pass "root read-only ($(probe root_mount=)), state on $(probe data_mount=), root locked, journal in /run"
+
+# Listening sockets: only the speaker's own (status page 7070, zeroconf 7071, mDNS 5353) and
+# the DHCP client of systemd-networkd (a client socket bound to port 68, not a service).
+echo "--- ss -ltnup in the guest"
+probe_all "listen " | sed 's/^/  /'
+unexpected=$(probe_all "listen " | grep -v 'users:(("pispeaker"' \
+  | grep -vE '^udp +UNCONN .*:(68|546) .*users:\(\("systemd-network"' || true)
+[ -z "$unexpected" ] || die "unexpected listening sockets: $unexpected"
+for port in 7070 7071 5353; do
+  probe_all "listen " | grep -q ":$port .*pispeaker" || die "pispeaker does not listen on $port"
+done
+pass "only the speaker listens (7070 status, 7071 zeroconf, 5353 mDNS); no SSH while ssh = false"
+failed=$(probe_all "failed ")
+[ -z "$failed" ] || die "failed units in the guest: $failed"
+pass "no failed units"
+echo "image boot test: PASS"
