@@ -4,7 +4,8 @@
 # root), the unit-file checks, and the armv7 build + tests under qemu.
 #
 #   bash scripts/test.sh            # everything
-#   SKIP_ARMV7=1 bash scripts/test.sh   # host only (faster while iterating)
+#   SKIP_ARMV7=1 bash scripts/test.sh   # host only (faster while iterating; implies SKIP_IMAGE)
+#   SKIP_IMAGE=1 bash scripts/test.sh   # everything but the SD image build and its boot test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ fi
 # Debian packages: ALSA headers for the alsa crate, pkg-config, ip/iptables for the namespace
 # tests, systemd-analyze for the unit checks.
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates qemu-system-arm mtools fdisk xz-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -59,6 +60,14 @@ if [ -z "${SKIP_ARMV7:-}" ]; then
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-armv7.sh ci 2>&1 | tee /tmp/pispeaker-armv7.log
   armv7_passed=$(sed -n 's/.*armv7 tests under qemu: \([0-9]*\) passed.*/\1/p' /tmp/pispeaker-armv7.log | tail -n1)
 fi
+image_passed=0
+if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
+  step "SD image: image/build.sh, then boot it under qemu-system-arm (tests/image_boot.sh)"
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash image/build.sh 2>&1 | tee /tmp/pispeaker-image.log
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot.sh 2>&1 | tee /tmp/pispeaker-image-boot.log
+  image_passed=$(grep -c '^ok: ' /tmp/pispeaker-image-boot.log || true)
+fi
+
 echo
-echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0})"
-echo "summary: $(( host_passed + ${armv7_passed:-0} )) passed, $host_failed failed"
+echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0}, image boot checks: $image_passed)"
+echo "summary: $(( host_passed + ${armv7_passed:-0} + image_passed )) passed, $host_failed failed"

@@ -68,7 +68,13 @@ TOML
 mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
 mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { # a TCP port nothing on the host listens on
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }
+  done
+}
 ZC_PORT=$(free_port); STATUS_PORT=$(free_port)
 CONSOLE=$WORK/console.log
 started=$(date +%s)
