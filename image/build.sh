@@ -107,13 +107,18 @@ echo "$DEB (version $VERSION)"
 # goes into it and reused while that stays the same.
 step "root file system from Debian bookworm armhf (mmdebstrap)"
 mkdir -p "$CACHE" "$OUT"
-key=$(printf '%s\n' "v1" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "v2" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}" | sha256sum | cut -c1-16)
 BASE="$CACHE/base-$key.tar"
 if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
   echo "mmdebstrap: ${#PACKAGES[@]} packages and their dependencies (progress below; ~15 min under emulation)"
+  # The kernel, the Wi-Fi firmware and udev each trigger mkinitramfs, which takes minutes under
+  # emulation: update-initramfs is diverted to a no-op while packages install, and the initrd
+  # is made once at the end (raspi-firmware's hook then copies it to /boot/firmware).
   mm_args=(--mode=root --architectures=armhf --variant=minbase --format=tar
            --aptopt='Apt::Install-Recommends "false"'
-           --include="$(IFS=,; echo "${PACKAGES[*]}")")
+           --include="$(IFS=,; echo "${PACKAGES[*]}")"
+           --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs" && chmod 0755 "$1/usr/sbin/update-initramfs"'
+           --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && for k in "$1"/lib/modules/*; do chroot "$1" update-initramfs -c -k "${k##*/}"; done')
   for o in "${DPKG_OPTS[@]}"; do mm_args+=(--dpkgopt="$o"); done
   t=$SECONDS
   mmdebstrap "${mm_args[@]}" bookworm "$BASE.partial" "${APT_LINES[@]}" \
@@ -159,7 +164,7 @@ echo "boot partition: $(ls "$ROOT/boot/firmware" | wc -l) files; cmdline.txt: $(
 
 # ---------------------------------------------------------------------------------------------
 step "partitioned image (genimage: FAT boot, ext4 root, ext4 data; no loop devices)"
-root_mb=$(du -sm --exclude=./boot/firmware --exclude=./data "$ROOT" | cut -f1)
+root_mb=$(du -sm --exclude="$ROOT/boot/firmware" --exclude="$ROOT/data" "$ROOT" | cut -f1)
 # ext4 metadata and a margin: the root is read-only, so it only needs room for what is there.
 ROOT_SIZE=$(( (root_mb * 115 / 100 + 64 + 15) / 16 * 16 ))M
 sed "s/@ROOT_SIZE@/$ROOT_SIZE/" image/genimage.cfg > "$WORK/genimage.cfg"

@@ -29,8 +29,11 @@ done
 
 WORK=$(mktemp -d /var/tmp/pispeaker-boot.XXXXXX)
 QEMU_PID=""
+CONSOLE_COPY=${PISPEAKER_BOOT_CONSOLE_LOG:-/tmp/pispeaker-image-console.log}
 cleanup() {
   [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
+  # The guest's console (boot messages, the probe's report) outlives the run, for a failure.
+  [ -f "$WORK/console.log" ] && cp "$WORK/console.log" "$CONSOLE_COPY" && echo "guest console log: $CONSOLE_COPY"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -45,7 +48,7 @@ mdir -b -i "$FAT" :: > "$WORK/boot-files"
 KERNEL=$(grep -o 'vmlinuz-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
 INITRD=$(grep -o 'initrd.img-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
 [ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "the boot partition lacks the kernel or initrd: $(tr '\n' ' ' < "$WORK/boot-files")"
-for f in config.txt cmdline.txt pispeaker.toml bcm2710-rpi-3-b.dtb bcm2709-rpi-2-b.dtb bcm2710-rpi-zero-2-w.dtb; do
+for f in config.txt cmdline.txt pispeaker.toml bootcode.bin start.elf fixup.dat bcm2836-rpi-2-b.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb bcm2837-rpi-zero-2-w.dtb; do
   grep -qx "::/$f" "$WORK/boot-files" || die "the boot partition lacks $f"
 done
 mcopy -i "$FAT" "::$KERNEL" "::$INITRD" ::cmdline.txt ::config.txt ::pispeaker.toml "$WORK/"
@@ -80,7 +83,7 @@ CONSOLE=$WORK/console.log
 started=$(date +%s)
 qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
   -kernel "$WORK/$KERNEL" -initrd "$WORK/$INITRD" \
-  -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none" \
+  -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target" \
   -drive file="$IMG",if=none,format=raw,id=hd -device virtio-blk-device,drive=hd \
   -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$ZC_PORT-:7071,hostfwd=tcp:127.0.0.1:$STATUS_PORT-:7070" \
   -device virtio-net-device,netdev=n \
@@ -89,6 +92,8 @@ qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
 QEMU_PID=$!
 echo "booting $(basename "$XZ") under qemu-system-arm (console log: $CONSOLE)"
 
+# systemd.run boots into kernel-command-line.target; systemd.wants pulls the normal
+# multi-user.target (and so the speaker) in beside it.
 # Boot under TCG on 2 cores takes minutes; the probe prints "done" when it has checked everything.
 deadline=$((started + ${BOOT_TIMEOUT:-900}))
 until grep -q 'PISPEAKER-CI: done' "$CONSOLE"; do
@@ -107,7 +112,7 @@ pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the 
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"
-for field in '"remoteName":"CI Speaker"' '"deviceID":' '"publicKey":' '"deviceType":"SPEAKER"' '"activeUser":'; do
+for field in '"remoteName":"CI Speaker"' '"deviceID":' '"publicKey":' '"deviceType":"Speaker"' '"activeUser":'; do
   grep -q "$field" <<<"$info" || die "getInfo lacks $field: $info"
 done
 pass "zeroconf getInfo from the host: remoteName CI Speaker, deviceID, publicKey, activeUser"
@@ -117,11 +122,11 @@ control=$(probe hw_control=)
 grep -q 'volume: hardware control' <<<"$(probe hw_line=)" || die "no hardware volume: $(probe hw_line=)"
 pass "hardware volume control on the USB card: \"$control\" ($(probe amixer=) at 60%)"
 
-v100=$(probe 'volume amixer=100% speaker=') v0=$(probe 'volume amixer=0% speaker=') v60=$(probe 'volume amixer=60% speaker=')
-[ "$v100" = 100% ] && [ "$v0" = 0% ] || die "amixer 100% / 0% read back as $v100 / $v0"
-pct=${v60%\%}
+v0=$(probe 'volume amixer=0% speaker=') v100=$(probe 'volume amixer=100% speaker=') v60=$(probe 'volume amixer=60% speaker=')
+[[ "$v0" == "0% "* ]] && [[ "$v100" == "100% "* ]] || die "amixer 0% / 100% read back as $v0 / $v100"
+pct=${v60%%\%*}
 [ "$pct" -gt 0 ] 2>/dev/null && [ "$pct" -lt 100 ] || die "amixer 60% read back as $v60"
-pass "volume set with amixer in the guest is read by the speaker: 100% -> $v100, 0% -> $v0, 60% -> $v60"
+pass "volume set with amixer in the guest is read by the speaker: 0% -> $v0, 100% -> $v100, 60% -> $v60 (before: $(probe 'volume before='))"
 
 status=$(curl -fsS --max-time 20 "http://127.0.0.1:$STATUS_PORT/status.json") || die "status page did not answer"
 grep -q '"key":"wifi_country"' <<<"$status" || die "the invalid wifi_country is not on the status page: $status"

@@ -240,6 +240,11 @@ impl<C: VolumeControl> HardwareMixer<C> {
         })
     }
 
+    /// Which control this is (after `auto` was resolved), for log lines.
+    pub fn describe(&self) -> String {
+        self.lock().control.describe()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<C>> {
         // A panic while holding the lock cannot leave the state inconsistent in a way that
         // matters (it is a cache of the hardware); keep serving rather than poisoning the speaker.
@@ -412,8 +417,9 @@ pub fn open_mixer(settings: &MixerSettings) -> Result<OpenedMixer, AudioError> {
         match HardwareMixer::new(control, settings.curve, settings.range_db) {
             Ok(mixer) => {
                 info!(
-                    "volume: hardware control {},{} on {} ({:?} curve)",
-                    settings.control, settings.index, settings.device, settings.curve
+                    "volume: hardware control {} ({:?} curve)",
+                    mixer.describe(),
+                    settings.curve
                 );
                 return Ok(OpenedMixer {
                     mixer: Arc::new(mixer),

@@ -26,24 +26,26 @@ control=$(journal | sed -n 's/.*picked "\([^"]*\)" index.*/\1/p' | head -n1)
 out "hw_control=$control"
 out "hw_line=$(journal | grep -m1 'volume: hardware control')"
 
-# The daemon must see volume changes made outside it (a knob, amixer).
-volume_after() { # amixer value -> the speaker's volume line, once it changed from $2
+# The daemon must see volume changes made outside it (a knob, amixer): set the control, then
+# poll the speaker's own status until it shows what the test expects (or 20 s pass).
+speaker_volume() { # whole percent, e.g. "83%"
+  pispeaker status 2>/dev/null | awk '$1 == "volume" {sub(/%/, "", $2); printf "%d%%\n", $2 + 0.5}'
+}
+volume_after() { # <amixer value> <shell test on $v>
   amixer -q -c 0 sset "$control" "$1" >/dev/null 2>&1 || { echo "amixer-failed"; return; }
   j=0
-  while [ $j -lt 20 ]; do
-    v=$(pispeaker status 2>/dev/null | awk '$1 == "volume" {print $2}')
-    [ -n "$v" ] && [ "$v" != "$2" ] && break
-    sleep 1
+  while [ $j -lt 40 ]; do
+    v=$(speaker_volume)
+    eval "$2" && break
+    sleep 0.5
     j=$((j + 1))
   done
-  echo "$v"
+  echo "$v after $((j / 2)) s"
 }
-v100=$(volume_after 100% none)
-v0=$(volume_after 0% "$v100")
-v60=$(volume_after 60% "$v0")
-out "volume amixer=100% speaker=$v100"
-out "volume amixer=0% speaker=$v0"
-out "volume amixer=60% speaker=$v60"
+out "volume before=$(speaker_volume)"
+out "volume amixer=0% speaker=$(volume_after 0% '[ "$v" = 0% ]')"
+out "volume amixer=100% speaker=$(volume_after 100% '[ "$v" = 100% ]')"
+out "volume amixer=60% speaker=$(volume_after 60% '[ -n "$v" ] && [ "$v" != 100% ]')"
 out "amixer=$(amixer -c 0 sget "$control" | grep -m1 -o '\[[-0-9.]*dB\]')"
 
 ss -ltnupH | while IFS= read -r line; do out "listen $line"; done
