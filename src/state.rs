@@ -248,7 +248,20 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(30 + (round * 7) % 60));
+            // Kill it mid-stream, not before it started: under emulation (armv7 tests run in
+            // qemu-user) a child takes far longer to start than the kill delay. Every atomic
+            // write renames a new inode into place, so wait until the first one landed.
+            use std::os::unix::fs::MetadataExt;
+            let before = fs::metadata(&path).unwrap().ino();
+            let started = std::time::Instant::now();
+            while fs::metadata(&path).unwrap().ino() == before {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "round {round}: the writer never wrote"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(5 + (round * 7) % 60));
             child.kill().unwrap();
             child.wait().unwrap();
             let now = fs::read(&path).unwrap();
