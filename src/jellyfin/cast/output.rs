@@ -147,7 +147,8 @@ impl PcmOutput for AlsaOutput {
 /// What a capture saw, for tests and the cast test hook.
 #[derive(Debug, Default, Clone)]
 pub struct Captured {
-    /// One entry per `open`: the format and the samples written until the next open/close.
+    /// One entry per `open` and per `discard` (track change, seek, pause): the format and the
+    /// samples written until the next split.
     pub segments: Vec<(PcmFormat, Vec<i16>)>,
     pub open: bool,
     pub opens: usize,
@@ -245,7 +246,17 @@ impl PcmOutput for CaptureOutput {
 
     fn discard(&mut self) {
         self.played_until = None;
-        self.with(|c| c.discards += 1);
+        // A new segment after each discard (new track, seek, pause), so a test can tell them
+        // apart; nothing written since the last split means nothing to split.
+        let format = self.format;
+        self.with(|c| {
+            c.discards += 1;
+            if let (Some(format), Some((_, last))) = (format, c.segments.last()) {
+                if !last.is_empty() {
+                    c.segments.push((format, Vec::new()));
+                }
+            }
+        });
     }
 
     fn drain(&mut self) {
@@ -307,7 +318,8 @@ mod tests {
         out.close();
         let c = log.lock().unwrap();
         assert!(!c.open);
-        assert_eq!(c.segments[0].1.len(), 1020);
+        assert_eq!(c.segments[0].1.len(), 1010);
+        assert_eq!(c.segments[1].1.len(), 10, "split at the discard");
     }
 
     #[test]
