@@ -22,7 +22,7 @@ use librespot_playback::convert::Converter;
 use librespot_playback::decoder::AudioPacket;
 use librespot_playback::mixer::{Mixer, MixerConfig};
 use pispeaker::audio::{AudioDeviceLock, LockedSink};
-use pispeaker::connect::control::{self, Command, SpeakerStatus};
+use pispeaker::connect::control::{self, Command, PlaybackEvent, SpeakerStatus, TrackInfo};
 use pispeaker::jellyfin::cast::{
     CaptureOutput, Captured, CastSettings, OutputFactory, PcmFormat, PcmOutput, StreamSettings,
 };
@@ -335,6 +335,8 @@ struct Speaker {
     mixer: Arc<TestMixer>,
     commands: Arc<Mutex<Vec<Command>>>,
     spotify: std_mpsc::Sender<SpotifyOp>,
+    /// Spotify's playback events, as the supervisor publishes them.
+    events: tokio::sync::broadcast::Sender<PlaybackEvent>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -369,6 +371,7 @@ async fn speaker(options: Options) -> Speaker {
     // The stand-in supervisor: records commands; a Pause stops the Spotify sink, as librespot does.
     let (handle, mut endpoint) = control::channel(SpeakerStatus::new("Living Room", 30000));
     let commands = Arc::new(Mutex::new(Vec::new()));
+    let events = endpoint.events.clone();
     {
         let (commands, spotify) = (commands.clone(), spotify.clone());
         tokio::spawn(async move {
@@ -416,6 +419,7 @@ async fn speaker(options: Options) -> Speaker {
         mixer,
         commands,
         spotify,
+        events,
         shutdown,
         task,
         _dir: dir,
@@ -919,6 +923,30 @@ async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together()
         s.mixer.volume() == 26214
     })
     .await;
+    // Spotify's side keeps talking while paused (a volume echo from the shared mixer): none of it
+    // may overwrite the cast's now-playing.
+    s.events
+        .send(PlaybackEvent::TrackChanged(TrackInfo {
+            uri: "spotify:track:1".into(),
+            name: "Spotify song".into(),
+            artists: vec![],
+            album: String::new(),
+            duration_ms: 1000,
+        }))
+        .unwrap();
+    s.events
+        .send(PlaybackEvent::Playing { position_ms: 0 })
+        .unwrap();
+    s.events.send(PlaybackEvent::VolumeChanged(26214)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.fake
+            .reports()
+            .iter()
+            .all(|(_, r)| r["ItemId"] == id.as_str()),
+        "only cast reports while casting: {:?}",
+        s.fake.reports()
+    );
     // A Spotify user takes the speaker back: the cast stops and says so.
     let (done, ok) = std_mpsc::channel();
     s.spotify.send(SpotifyOp::Start(done)).unwrap();

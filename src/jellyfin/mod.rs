@@ -176,6 +176,7 @@ pub async fn run_with(
         settings.progress_every,
         shutdown.clone(),
         (report_tx, report_rx),
+        cast.as_ref().map(cast::CastHandle::watch_active),
     ));
 
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);

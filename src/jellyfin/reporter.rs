@@ -163,6 +163,7 @@ pub async fn run(
     progress_every: Duration,
     mut shutdown: watch::Receiver<bool>,
     (queue_tx, mut queue_rx): (mpsc::Sender<Report>, mpsc::Receiver<Report>),
+    casting: Option<watch::Receiver<bool>>,
 ) {
     // The sender: strictly one report at a time, in queue order.
     let sender = tokio::spawn(async move {
@@ -187,6 +188,11 @@ pub async fn run(
             _ = tick.tick() => builder.tick().into_iter().collect(),
             _ = shutdown.changed() => break,
         };
+        // While a Jellyfin cast plays, the session's now-playing is the cast's: Spotify's side
+        // (paused, or a volume echo from the shared mixer) must not overwrite it.
+        if casting.as_ref().is_some_and(|c| *c.borrow()) {
+            continue;
+        }
         for report in reports {
             // A full queue means Jellyfin is far behind: drop progress, keep state changes.
             if report.path.ends_with("Progress") {

@@ -7,6 +7,7 @@
 //! streams into one PCM.
 
 mod decode;
+pub mod hook;
 mod output;
 mod player;
 mod queue;
