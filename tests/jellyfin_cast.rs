@@ -984,3 +984,29 @@ async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together()
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
+    let fx = fixture(1);
+    let s = speaker(Options {
+        pace: Some(1.0),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake
+        .add_media(&id, media(&fx.files["flac"], "audio/flac"));
+    s.play(&[&id], "PlayNow", 0, 0);
+    // The decoder reaches the end ~0.5 s before the sound card does (its buffer): the item is
+    // reported stopped and the audio thread drains. A Play now must wait for that thread and
+    // then play, not be torn down by the old thread's goodbye.
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    s.play(&[&id], "PlayNow", 0, 0);
+    s.wait_stopped(2, Duration::from_secs(5)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert_eq!(stopped[1]["Failed"], false);
+    assert_eq!(s.reports("/Sessions/Playing").len(), 2);
+    let total: usize = s.segments().iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(total, fx.reference.len() * 2, "both plays complete");
+    s.stop().await;
+}

@@ -161,6 +161,7 @@ pub fn spawn(
         control,
         reports,
         audio: None,
+        audio_thread: 0,
         audio_events_tx,
         now: None,
         generation: 0,
@@ -216,6 +217,8 @@ enum FromAudio {
     },
     /// The thread closed the PCM, dropped the guard and ended.
     Released {
+        /// Which thread: one that was told to close may report after its successor started.
+        thread: u64,
         preempted: bool,
         error: Option<String>,
     },
@@ -240,6 +243,8 @@ struct Player {
     reports: mpsc::Sender<Report>,
     queue: Queue,
     audio: Option<std_mpsc::Sender<ToAudio>>,
+    /// Number of the current audio thread (see `FromAudio::Released`).
+    audio_thread: u64,
     audio_events_tx: mpsc::UnboundedSender<FromAudio>,
     now: Option<Now>,
     generation: u64,
@@ -576,7 +581,9 @@ impl Player {
 
     fn spawn_audio(&mut self, guard: DeviceGuard) {
         let (tx, rx) = std_mpsc::channel();
+        self.audio_thread += 1;
         let thread = AudioThread {
+            id: self.audio_thread,
             output: (self.settings.output)(),
             guard: Some(guard),
             rx,
@@ -659,7 +666,12 @@ impl Player {
                     self.finish(true);
                 }
             }
-            FromAudio::Released { preempted, error } => {
+            FromAudio::Released { thread, .. } if thread != self.audio_thread => {
+                debug!("cast: an earlier audio thread finished");
+            }
+            FromAudio::Released {
+                preempted, error, ..
+            } => {
                 let underruns = self.underruns.load(Ordering::SeqCst);
                 self.stat(|s| s.underruns = underruns);
                 if preempted {
@@ -669,9 +681,10 @@ impl Player {
                 if let Some(e) = &error {
                     warn!("cast: audio device failed: {e}");
                 }
-                // The thread is gone: only a new Play opens the device again.
-                self.audio = None;
-                if preempted || error.is_some() {
+                // The thread is gone: only a new Play opens the device again. If we had not
+                // told it to close (a preemption, a device failure), the cast ends here.
+                let unasked = self.audio.take().is_some();
+                if unasked || preempted || error.is_some() {
                     self.end_current(error.is_some()).await;
                     self.queue.clear();
                     self.active.send_replace(false);
@@ -684,6 +697,7 @@ impl Player {
 
 /// The thread that owns the PCM while a cast plays.
 struct AudioThread {
+    id: u64,
     output: Box<dyn PcmOutput>,
     guard: Option<DeviceGuard>,
     rx: std_mpsc::Receiver<ToAudio>,
@@ -884,6 +898,10 @@ impl AudioThread {
             .store(self.output.underruns(), Ordering::SeqCst);
         // The PCM is closed: now the device may go to Spotify.
         drop(self.guard.take());
-        let _ = self.events.send(FromAudio::Released { preempted, error });
+        let _ = self.events.send(FromAudio::Released {
+            thread: self.id,
+            preempted,
+            error,
+        });
     }
 }
