@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::decode::TrackDecoder;
-use super::output::{AlsaOutput, CaptureOutput, Captured, PcmOutput};
+use super::output::{AlsaOutput, CaptureOutput, PcmOutput};
 
 /// What to play and where.
 #[derive(Debug, Clone)]
@@ -44,10 +44,7 @@ fn play(test: &CastTest<'_>) -> Result<String, String> {
     let extension = test.file.extension().and_then(|e| e.to_str());
     let mut decoder = TrackDecoder::open(Box::new(file), extension).map_err(|e| e.to_string())?;
     let mut output: Box<dyn PcmOutput> = if test.capture {
-        Box::new(CaptureOutput::new(
-            std::sync::Arc::new(std::sync::Mutex::new(Captured::default())),
-            Some(1.0),
-        ))
+        Box::new(CaptureOutput::paced_null(1.0))
     } else {
         Box::new(AlsaOutput::new(test.device))
     };

@@ -308,7 +308,7 @@ impl Player {
                 if self.queue.skip().is_some() {
                     self.start_current(0, at).await;
                 } else {
-                    self.finish(false);
+                    self.finish();
                 }
             }
             CastCommand::Previous => {
@@ -465,7 +465,7 @@ impl Player {
         while let Some(item) = self.queue.current().cloned() {
             if attempts == 0 {
                 warn!("cast: nothing in the queue could be played");
-                self.finish(false);
+                self.finish();
                 return;
             }
             attempts -= 1;
@@ -520,7 +520,7 @@ impl Player {
                     self.item_failed(&now, &why).await;
                     start_ms = 0;
                     if self.queue.skip().is_none() {
-                        self.finish(false);
+                        self.finish();
                         return;
                     }
                 }
@@ -603,7 +603,7 @@ impl Player {
     }
 
     /// The queue ran out (or everything failed): play out, close the device.
-    fn finish(&mut self, _failed: bool) {
+    fn finish(&mut self) {
         self.now = None;
         if let Some(audio) = self.audio.take() {
             let _ = audio.send(ToAudio::Close { drain: true });
@@ -653,7 +653,7 @@ impl Player {
                 if self.queue.on_track_end().is_some() {
                     self.start_current(0, Instant::now()).await;
                 } else {
-                    self.finish(false);
+                    self.finish();
                 }
             }
             FromAudio::Failed { generation, why } if current == Some(generation) => {
@@ -663,7 +663,7 @@ impl Player {
                 if self.queue.skip().is_some() {
                     self.start_current(0, Instant::now()).await;
                 } else {
-                    self.finish(true);
+                    self.finish();
                 }
             }
             FromAudio::Released { thread, .. } if thread != self.audio_thread => {
