@@ -1,8 +1,8 @@
 //! A fake Jellyfin server that behaves like the real one as `../shared/notes/jellyfin-session.md`
 //! describes, strictly: only `Authorization: MediaBrowser …` is accepted (legacy X-Emby headers
 //! and `api_key` are refused and counted), a wrapped `{"Capabilities":…}` body answers 204 but
-//! records empty capabilities, PlaystateCommand names in SupportedCommands or a non-GUID ItemId
-//! answer 400, sessions are keyed on Client + DeviceId, the socket gets `ForceKeepAlive` and is
+//! records empty capabilities, PlaystateCommand (or unknown) names in SupportedCommands or a
+//! non-GUID ItemId answer 400, sessions are keyed on Client + DeviceId, the socket gets `ForceKeepAlive` and is
 //! declared lost (ending the session) after the keep-alive period without a `KeepAlive`.
 //!
 //! Audio: `/Audio/{id}/universal` serves media the test registered (files it generated), with
@@ -46,6 +46,52 @@ const PLAYSTATE_NAMES: &[&str] = &[
     "Rewind",
     "FastForward",
     "PlayPause",
+];
+
+/// The server's `GeneralCommandType` names: anything else in SupportedCommands fails to bind (400).
+const GENERAL_COMMAND_NAMES: &[&str] = &[
+    "MoveUp",
+    "MoveDown",
+    "MoveLeft",
+    "MoveRight",
+    "PageUp",
+    "PageDown",
+    "PreviousLetter",
+    "NextLetter",
+    "ToggleOsd",
+    "ToggleContextMenu",
+    "Select",
+    "Back",
+    "TakeScreenshot",
+    "SendKey",
+    "SendString",
+    "GoHome",
+    "GoToSettings",
+    "VolumeUp",
+    "VolumeDown",
+    "Mute",
+    "Unmute",
+    "ToggleMute",
+    "SetVolume",
+    "SetAudioStreamIndex",
+    "SetSubtitleStreamIndex",
+    "ToggleFullscreen",
+    "DisplayContent",
+    "GoToSearch",
+    "DisplayMessage",
+    "SetRepeatMode",
+    "ChannelUp",
+    "ChannelDown",
+    "Guide",
+    "ToggleStats",
+    "PlayMediaSource",
+    "PlayTrailers",
+    "SetShuffleQueue",
+    "PlayState",
+    "PlayNext",
+    "ToggleOsdMenu",
+    "Play",
+    "SetMaxStreamingBitrate",
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -472,10 +518,10 @@ async fn handle(
                         .collect()
                 })
                 .unwrap_or_default();
-            if let Some(bad) = commands
-                .iter()
-                .find(|c| PLAYSTATE_NAMES.contains(&c.as_str()))
-            {
+            if let Some(bad) = commands.iter().find(|c| {
+                PLAYSTATE_NAMES.contains(&c.as_str())
+                    || !GENERAL_COMMAND_NAMES.contains(&c.as_str())
+            }) {
                 seen.lock()
                     .unwrap()
                     .bad_requests
