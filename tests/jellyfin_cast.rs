@@ -732,6 +732,18 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
         .as_str()
         .is_some_and(|p| !p.is_empty()));
     assert_eq!(s.mixer.volume(), 26214, "volume through the shared mixer");
+    s.general("Mute", "");
+    until(Duration::from_secs(2), "muted", || s.mixer.volume() == 0).await;
+    s.general("Unmute", "");
+    until(Duration::from_secs(2), "unmuted", || {
+        s.mixer.volume() == 26214
+    })
+    .await;
+    s.general("VolumeUp", "");
+    until(Duration::from_secs(2), "a step up", || {
+        s.mixer.volume() > 26214
+    })
+    .await;
     s.wait_stopped(4, Duration::from_secs(10)).await;
     // Played in that order: each captured segment's tone.
     let heard: Vec<f64> = s
@@ -1008,5 +1020,48 @@ async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
     assert_eq!(s.reports("/Sessions/Playing").len(), 2);
     let total: usize = s.segments().iter().map(|(_, v)| v.len()).sum();
     assert_eq!(total, fx.reference.len() * 2, "both plays complete");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
+    let fx = fixture(SECONDS);
+    let s = speaker(Options {
+        pace: Some(2.0),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake.add_media(
+        &id,
+        Media {
+            no_ranges: true,
+            ..media(&fx.files["flac"], "audio/flac")
+        },
+    );
+    s.play(&[&id], "PlayNow", 0, 0);
+    until(Duration::from_secs(3), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    assert_eq!(s.reports("/Sessions/Playing")[0]["PlayMethod"], "Transcode");
+    s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
+    until(Duration::from_secs(3), "a second request from 2 s", || {
+        s.fake
+            .audio_requests()
+            .iter()
+            .any(|r| r.query.contains("StartTimeTicks=20000000"))
+    })
+    .await;
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    // The stand-in server ignores StartTimeTicks (it cannot transcode), so what matters here is
+    // the request and the position the speaker counts from.
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    let ticks = stopped[0]["PositionTicks"].as_u64().unwrap();
+    assert!(ticks >= 20_000_000, "counted from the seek target: {ticks}");
+    assert!(
+        s.fake.audio_requests().iter().all(|r| r.range.is_none()),
+        "no Range requests to a transcode"
+    );
     s.stop().await;
 }

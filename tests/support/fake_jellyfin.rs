@@ -118,6 +118,8 @@ pub struct Media {
     pub throttle: Option<u64>,
     /// Pause this long once the body reaches this byte offset (first request only).
     pub stall: Option<(u64, Duration)>,
+    /// Like a progressive transcode: no `Accept-Ranges`, a `Range` header is ignored.
+    pub no_ranges: bool,
 }
 
 /// One audio request as the server saw it.
@@ -329,6 +331,7 @@ fn audio(
         return respond(StatusCode::INTERNAL_SERVER_ERROR, Value::Null);
     }
     let total = media.bytes.len() as u64;
+    let range = range.filter(|_| !media.no_ranges);
     let from = range
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes="))
@@ -380,8 +383,13 @@ fn audio(
         );
     }
     let h = r.headers_mut();
-    h.insert("content-length", len.to_string().parse().unwrap());
-    h.insert("accept-ranges", "bytes".parse().unwrap());
+    if media.no_ranges {
+        // A transcode is chunked, with no length and no ranges.
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+    } else {
+        h.insert("content-length", len.to_string().parse().unwrap());
+        h.insert("accept-ranges", "bytes".parse().unwrap());
+    }
     h.insert("content-type", media.content_type.parse().unwrap());
     r
 }
