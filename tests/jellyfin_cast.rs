@@ -349,6 +349,8 @@ struct Options {
 }
 
 async fn speaker(options: Options) -> Speaker {
+    // RUST_LOG=debug shows the player's side when a test fails.
+    let _ = env_logger::builder().is_test(true).try_init();
     let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
     fake.add_token("tok");
     let dir = tempfile::tempdir().unwrap();
@@ -1063,5 +1065,36 @@ async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
         s.fake.audio_requests().iter().all(|r| r.range.is_none()),
         "no Range requests to a transcode"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact() {
+    let fx = fixture(SECONDS);
+    let s = speaker(Options::default()).await;
+    let id = guid();
+    let flac = &fx.files["flac"];
+    // Every response stops after 1/8 of the file: eight drops, more than the 3 resumes allowed
+    // in a row, so this passes only because each resume made progress.
+    s.fake.add_media(
+        &id,
+        Media {
+            cut_every: Some(flac.len() as u64 / 8),
+            ..media(flac, "audio/flac")
+        },
+    );
+    s.play(&[&id], "PlayNow", 0, 0);
+    s.wait_stopped(1, Duration::from_secs(10)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert_eq!(stopped[0]["Failed"], false);
+    let segments = s.segments();
+    assert!(segments[0].1 == fx.reference, "bit-exact across the drops");
+    let ranges = s
+        .fake
+        .audio_requests()
+        .iter()
+        .filter(|r| r.range.is_some())
+        .count();
+    assert!(ranges >= 7, "resumed with Range requests: {ranges}");
     s.stop().await;
 }

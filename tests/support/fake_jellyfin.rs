@@ -120,6 +120,8 @@ pub struct Media {
     pub stall: Option<(u64, Duration)>,
     /// Like a progressive transcode: no `Accept-Ranges`, a `Range` header is ignored.
     pub no_ranges: bool,
+    /// Every response breaks off after this many bytes (a server dropping idle connections).
+    pub cut_every: Option<u64>,
 }
 
 /// One audio request as the server saw it.
@@ -343,12 +345,19 @@ fn audio(
     let len = bytes.len() as u64;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let throttle = media.throttle;
+    let cut = media.cut_every.map(|n| n as usize);
     tokio::spawn(async move {
         let chunk = 8192usize;
         let started = Instant::now();
         let mut sent = 0usize;
         let mut stall = stall;
         while sent < bytes.len() {
+            if cut.is_some_and(|c| sent >= c) {
+                // Ends short of Content-Length: hyper aborts the connection mid-body (after a
+                // moment, so what was sent is flushed first).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
             let offset = from + sent as u64;
             if let Some((at, pause)) = stall {
                 if offset >= at {
@@ -356,7 +365,9 @@ fn audio(
                     stall = None;
                 }
             }
-            let end = (sent + chunk).min(bytes.len());
+            let end = (sent + chunk)
+                .min(bytes.len())
+                .min(cut.unwrap_or(usize::MAX).max(sent + 1));
             if tx.send(bytes.slice(sent..end)).await.is_err() {
                 return;
             }

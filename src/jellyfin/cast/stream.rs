@@ -7,7 +7,7 @@
 //! A seek inside the window is served from memory; elsewhere the download restarts with an HTTP
 //! `Range` request (only when the server accepts ranges: a transcode does not, and the player then
 //! restarts the stream at the position instead). A dropped connection resumes with a `Range`
-//! request a few times before the reader sees an error.
+//! request: a server may well drop a connection we stopped reading while the read-ahead was full.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -28,7 +28,7 @@ pub struct StreamSettings {
     pub keep_behind: usize,
     /// A reader waiting this long for bytes gets an error (the track fails, the queue moves on).
     pub stall_timeout: Duration,
-    /// Reconnect attempts after the connection drops mid-body.
+    /// Reconnect attempts in a row (without a byte in between) after the connection drops.
     pub resumes: u32,
 }
 
@@ -283,6 +283,9 @@ async fn fetch(
                     if !appended {
                         break true;
                     }
+                    // Resumes are counted in a row: a server that drops a connection we let
+                    // idle (the read-ahead was full) gets resumed as often as it makes progress.
+                    resumes_left = settings.resumes;
                     shared.data.notify_all();
                     // Wait for room (or a restart) before reading more.
                     loop {
