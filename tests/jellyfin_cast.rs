@@ -1098,3 +1098,39 @@ async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact()
     assert!(ranges >= 7, "resumed with Range requests: {ranges}");
     s.stop().await;
 }
+
+#[test]
+fn the_cast_test_hook_plays_a_file_and_prints_its_figures() {
+    let fx = fixture(1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sweep.flac");
+    std::fs::write(&file, &fx.files["flac"]).unwrap();
+    let run = |device: &str, capture: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"));
+        cmd.args([
+            "--config",
+            "/dev/null",
+            "--device",
+            device,
+            "jellyfin",
+            "cast-test",
+        ])
+        .arg(&file)
+        .args(["--seconds", "0.3"]);
+        if capture {
+            cmd.arg("--capture");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("default", true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("44100 Hz, 2 ch") && text.contains("0 underruns"),
+        "{text}"
+    );
+    // A PCM that does not exist: a clear error and status 1, not a panic.
+    let out = run("hw:97,0", false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open ALSA PCM"));
+}
