@@ -33,6 +33,10 @@ pub enum DecodeError {
     Io(String),
 }
 
+/// How far before a seek target decoding restarts (see [`TrackDecoder::seek`]); longer than the
+/// longest Vorbis block at 44.1 kHz (8192 samples, 186 ms).
+const SEEK_PREROLL: Duration = Duration::from_millis(200);
+
 /// Packets that fail to decode in a row before the track is given up.
 const MAX_BAD_PACKETS: u32 = 20;
 
@@ -178,20 +182,30 @@ impl TrackDecoder {
 
     /// Seeks to `position` (accurate: output starts at the requested frame). Returns where it
     /// landed.
+    ///
+    /// The reader seeks [`SEEK_PREROLL`] earlier and the frames up to `position` are decoded and
+    /// dropped: a codec with overlapping blocks (Vorbis, MP3's bit reservoir, AAC) produces no
+    /// usable output for the first packet after a reset, which would otherwise start playback
+    /// a block late.
     pub fn seek(&mut self, position: Duration) -> Result<Duration, DecodeError> {
         let seeked = self
             .reader
             .seek(
                 SeekMode::Accurate,
                 SeekTo::Time {
-                    time: Time::from(position.as_secs_f64()),
+                    time: Time::from(position.saturating_sub(SEEK_PREROLL).as_secs_f64()),
                     track_id: Some(self.track_id),
                 },
             )
             .map_err(|e| DecodeError::Corrupt(format!("seek: {e}")))?;
         self.decoder.reset();
-        self.discard_until = (seeked.required_ts > seeked.actual_ts).then_some(seeked.required_ts);
-        let frames = ts_to_frames(self.time_base, self.format.rate, seeked.required_ts);
+        let target = match self.time_base {
+            Some(tb) => tb.calc_timestamp(Time::from(position.as_secs_f64())),
+            None => (position.as_secs_f64() * f64::from(self.format.rate)) as u64,
+        };
+        let target = target.max(seeked.required_ts);
+        self.discard_until = (target > seeked.actual_ts).then_some(target);
+        let frames = ts_to_frames(self.time_base, self.format.rate, target);
         Ok(Duration::from_secs_f64(
             frames as f64 / f64::from(self.format.rate),
         ))
