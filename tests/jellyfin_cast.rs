@@ -511,25 +511,26 @@ async fn until(limit: Duration, what: &str, cond: impl Fn() -> bool) -> Duration
 // Tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flac_mp3_and_ogg_decode_to_the_source_with_the_right_length() {
+async fn flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length() {
     let fx = fixture(SECONDS);
     let s = speaker(Options::default()).await;
-    let ids: Vec<String> = (0..3).map(|_| guid()).collect();
+    let ids: Vec<String> = (0..4).map(|_| guid()).collect();
     for (id, (ext, mime)) in ids.iter().zip([
         ("flac", "audio/flac"),
         ("mp3", "audio/mpeg"),
         ("ogg", "audio/ogg"),
+        ("wav", "audio/wav"),
     ]) {
         s.fake.add_media(id, media(&fx.files[ext], mime));
     }
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     s.play(&refs, "PlayNow", 0, 0);
-    s.wait_stopped(3, Duration::from_secs(15)).await;
+    s.wait_stopped(4, Duration::from_secs(15)).await;
     let segments = s.segments();
-    assert_eq!(segments.len(), 3, "one segment per item");
+    assert_eq!(segments.len(), 4, "one segment per item");
     let expected_frames = SECONDS * RATE;
     // Thresholds. FLAC is lossless: the samples must be identical, which is stronger than any
-    // correlation. MP3 (192 kbit/s) and Vorbis (q6) are lossy: on a clean sweep their coding
+    // correlation; the same for WAV (PCM). MP3 (192 kbit/s) and Vorbis (q6) are lossy: on a clean sweep their coding
     // noise is ~30 dB down, i.e. a correlation around 0.999; 0.98 leaves room for other encoder
     // versions yet fails for swapped channels (the channels sweep differently: ~0), a wrong
     // sample rate, a dropped or repeated packet (the sweep decorrelates within a few samples
@@ -539,11 +540,12 @@ async fn flac_mp3_and_ogg_decode_to_the_source_with_the_right_length() {
     // of lead-in and is padded to whole 1152-sample frames; allow that lead-in (±64) and one
     // MP3 frame (26 ms) of length. (With a tagged file symphonia's gapless trimming removes
     // both.) Ogg's granule positions trim exactly: no lag, 10 ms of length.
-    for ((format, samples), (ext, min_corr, tolerance_ms)) in
-        segments
-            .iter()
-            .zip([("flac", 1.0, 0.0), ("mp3", 0.98, 26.2), ("ogg", 0.98, 10.0)])
-    {
+    for ((format, samples), (ext, min_corr, tolerance_ms)) in segments.iter().zip([
+        ("flac", 1.0, 0.0),
+        ("mp3", 0.98, 26.2),
+        ("ogg", 0.98, 10.0),
+        ("wav", 1.0, 0.0),
+    ]) {
         assert_eq!(
             *format,
             PcmFormat {
@@ -560,8 +562,8 @@ async fn flac_mp3_and_ogg_decode_to_the_source_with_the_right_length() {
             off_ms <= tolerance_ms,
             "{ext}: {frames} frames, {off_ms:.1} ms off"
         );
-        if ext == "flac" {
-            assert!(samples == &fx.reference, "FLAC must be bit-exact");
+        if ext == "flac" || ext == "wav" {
+            assert!(samples == &fx.reference, "{ext} must be bit-exact");
         } else {
             assert!(corr >= min_corr, "{ext}: correlation {corr}");
             let lead_in = if ext == "mp3" { -1105 } else { 0 };
