@@ -19,9 +19,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages: ALSA headers for the alsa crate, pkg-config, ip/iptables for the namespace
-# tests, systemd-analyze for the unit checks.
+# tests, systemd-analyze for the unit checks, sox (+ its MP3 format) to generate the Jellyfin
+# cast tests' audio.
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates qemu-system-arm mtools fdisk xz-utils; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 qemu-system-arm mtools fdisk xz-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

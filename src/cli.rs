@@ -67,6 +67,18 @@ enum JellyfinCommand {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Play a local audio file through the cast's decoder and output on the configured PCM and
+    /// print time to the first frame, underruns, CPU and peak RSS (stop the daemon first)
+    CastTest {
+        /// FLAC, MP3, AAC/M4A, Ogg Vorbis or WAV
+        file: std::path::PathBuf,
+        /// Stop after this many seconds
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Play into a capture paced like a sound card instead of ALSA
+        #[arg(long)]
+        capture: bool,
+    },
 }
 
 /// Entry point of the binary.
@@ -107,6 +119,19 @@ pub fn main() -> ExitCode {
         Some(Command::Jellyfin {
             command: JellyfinCommand::Pair { server },
         }) => block_on(crate::jellyfin::pair_interactive(config, server)),
+        Some(Command::Jellyfin {
+            command:
+                JellyfinCommand::CastTest {
+                    file,
+                    seconds,
+                    capture,
+                },
+        }) => crate::jellyfin::cast::hook::run(&crate::jellyfin::cast::hook::CastTest {
+            device: &config.device,
+            file: &file,
+            seconds,
+            capture,
+        }),
         Some(Command::BootConfig { .. }) => ExitCode::SUCCESS, // handled above
     }
 }

@@ -57,6 +57,8 @@ pub fn run(config: Config) -> ExitCode {
 struct Audio {
     mixer: Arc<dyn Mixer>,
     sink: SinkFactory,
+    /// The PCM the Jellyfin cast plays into: the same one as Spotify; none with the null sink.
+    cast_output: Option<jellyfin::cast::OutputFactory>,
 }
 
 fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, AudioError> {
@@ -71,19 +73,20 @@ fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, 
         range_db: config.volume_range,
     };
     // Only the default device falls back to a null sink: a PCM the user named must exist.
-    let (opened, sink) = if audio::has_sound_card() || config.device != "default" {
+    let (opened, sink, cast_output) = if audio::has_sound_card() || config.device != "default" {
         audio::check_pcm(&config.device)?;
         let sink = audio::alsa_sink(config.device.clone()).ok_or_else(|| {
             AudioError::Other("this build has no ALSA backend (rebuild with librespot-playback's alsa-backend feature)".into())
         })?;
-        (audio::open_mixer(&settings)?, sink)
+        let cast = jellyfin::cast::AlsaOutput::factory(config.device.clone());
+        (audio::open_mixer(&settings)?, sink, Some(cast))
     } else {
         info!("no sound card found: playing into a null sink so the speaker stays discoverable");
         let soft = MixerSettings {
             use_hardware: false,
             ..settings
         };
-        (audio::open_mixer(&soft)?, audio::null_sink())
+        (audio::open_mixer(&soft)?, audio::null_sink(), None)
     };
     if !opened.hardware {
         // Software volume forgets everything on restart: start where the user left it (or, on a
@@ -93,6 +96,7 @@ fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, 
     Ok(Audio {
         mixer: opened.mixer,
         sink,
+        cast_output,
     })
 }
 
@@ -140,7 +144,14 @@ async fn run_async(config: Config) -> ExitCode {
     let client_id = session_config.client_id.clone();
 
     // One player for the life of the process; sessions come and go.
-    let Audio { mixer, sink } = audio;
+    let Audio {
+        mixer,
+        sink,
+        cast_output,
+    } = audio;
+    // One audio device, two sources: Spotify's sink and the Jellyfin cast both go through this.
+    let device_lock = audio::AudioDeviceLock::new();
+    let sink = audio::LockedSink::factory(sink, device_lock.clone());
     let first_session = Session::new(session_config.clone(), None);
     let player = Player::new(
         player_config(&config),
@@ -217,8 +228,17 @@ async fn run_async(config: Config) -> ExitCode {
 
     let (jellyfin_state_tx, jellyfin_state_rx) = watch::channel(jellyfin::JellyfinState::Disabled);
     if config.jellyfin.enabled {
+        let cast = cast_output.map(|output| jellyfin::cast::CastSettings {
+            output,
+            mixer: mixer.clone(),
+            lock: device_lock.clone(),
+            stream: jellyfin::cast::StreamSettings::default(),
+            handover_wait: Duration::from_secs(3),
+            progress_every: Duration::from_secs(10),
+        });
         tokio::spawn(jellyfin::run(
             config.clone(),
+            cast,
             control.clone(),
             jellyfin_state_tx,
             shutdown_rx.clone(),

@@ -157,6 +157,7 @@ fn twenty_drops_each_restored_within_5_s_with_one_session() {
                 backoff_max: Duration::from_secs(1),
                 quick_connect_poll: Duration::from_millis(200),
                 progress_every: Duration::from_secs(10),
+                cast: None,
             };
             let (tx, rx) = tokio::sync::watch::channel(JellyfinState::Disabled);
             state_tx.send(rx).unwrap();

@@ -45,6 +45,7 @@ fn settings(server: &str, dir: &std::path::Path) -> JellyfinSettings {
         backoff_max: Duration::from_secs(1),
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
+        cast: None,
     }
 }
 

@@ -1,17 +1,19 @@
 //! Audio output: the daemon-owned ALSA hardware mixer, volume curves, sinks and device listing.
 
 mod curve;
+mod device_lock;
 mod devices;
 mod mixer;
 mod sink;
 mod volume_memory;
 
 pub use curve::{ControlRange, VolumeCurveKind, VolumeMapping, MAX_VOLUME};
+pub use device_lock::{AudioDeviceLock, DeviceBusy, DeviceGuard, Holder};
 pub use devices::{check_pcm, has_sound_card, AudioError, Inventory};
 pub use mixer::{
     open_mixer, AlsaControl, HardwareMixer, MixerSettings, OpenedMixer, VolumeControl,
 };
-pub use sink::{alsa_sink, null_sink, NullSink, ResilientSink, SinkFactory};
+pub use sink::{alsa_sink, null_sink, LockedSink, NullSink, ResilientSink, SinkFactory};
 pub use volume_memory::VolumeMemory;
 
 #[cfg(test)]

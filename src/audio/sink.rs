@@ -10,6 +10,8 @@ use librespot_playback::decoder::AudioPacket;
 use librespot_playback::{NUM_CHANNELS, SAMPLE_RATE};
 use log::warn;
 
+use super::device_lock::{AudioDeviceLock, DeviceGuard};
+
 /// The output the player is built with.
 pub type SinkFactory = Box<dyn FnOnce() -> Box<dyn Sink> + Send + 'static>;
 
@@ -80,6 +82,62 @@ impl Sink for ResilientSink {
             self.rebuild(e);
         }
         result
+    }
+}
+
+/// Spotify's sink behind the [`AudioDeviceLock`]: `start` takes the device (making a Jellyfin cast
+/// let go of it), `stop` gives it back after the inner sink closed the PCM. So the player and the
+/// cast can never have the PCM open at the same time.
+pub struct LockedSink {
+    inner: Box<dyn Sink>,
+    lock: AudioDeviceLock,
+    guard: Option<DeviceGuard>,
+    /// How long `start` waits for a cast to let go before the player is told to pause.
+    wait: Duration,
+}
+
+impl LockedSink {
+    pub fn new(inner: Box<dyn Sink>, lock: AudioDeviceLock) -> Self {
+        Self {
+            inner,
+            lock,
+            guard: None,
+            wait: Duration::from_secs(3),
+        }
+    }
+
+    /// Wraps a factory's sink.
+    pub fn factory(inner: SinkFactory, lock: AudioDeviceLock) -> SinkFactory {
+        Box::new(move || Box::new(LockedSink::new(inner(), lock)) as Box<dyn Sink>)
+    }
+}
+
+impl Sink for LockedSink {
+    fn start(&mut self) -> SinkResult<()> {
+        if self.guard.is_none() {
+            // An error here makes librespot pause, which is the right answer to a cast that
+            // will not let go; it never ends the process.
+            let guard = self
+                .lock
+                .acquire_spotify(self.wait)
+                .map_err(|e| SinkError::ConnectionRefused(e.to_string()))?;
+            self.guard = Some(guard);
+        }
+        let result = self.inner.start();
+        if result.is_err() {
+            self.guard = None;
+        }
+        result
+    }
+
+    fn stop(&mut self) -> SinkResult<()> {
+        let result = self.inner.stop();
+        self.guard = None;
+        result
+    }
+
+    fn write(&mut self, packet: AudioPacket, converter: &mut Converter) -> SinkResult<()> {
+        self.inner.write(packet, converter)
     }
 }
 
@@ -167,6 +225,58 @@ mod tests {
         assert!(sink
             .write(AudioPacket::Samples(vec![0.0; 4]), &mut converter)
             .is_err());
+    }
+
+    /// Records whether it is "open", and fails the test if it is written while closed.
+    struct ProbeSink(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Sink for ProbeSink {
+        fn start(&mut self) -> SinkResult<()> {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn stop(&mut self) -> SinkResult<()> {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn write(&mut self, _: AudioPacket, _: &mut Converter) -> SinkResult<()> {
+            assert!(self.0.load(std::sync::atomic::Ordering::SeqCst));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_locked_sink_takes_the_device_from_a_cast_and_gives_it_back_on_stop() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let lock = AudioDeviceLock::new();
+        let open = std::sync::Arc::new(AtomicBool::new(false));
+        let mut sink = LockedSink::new(Box::new(ProbeSink(open.clone())), lock.clone());
+        let cast = lock.try_acquire_cast().unwrap();
+        let cast_open = std::sync::Arc::new(AtomicBool::new(true));
+        let cast_thread = {
+            let (cast_open, spotify_open) = (cast_open.clone(), open.clone());
+            std::thread::spawn(move || {
+                while !cast.preempted() {
+                    assert!(!spotify_open.load(Ordering::SeqCst), "both open");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                cast_open.store(false, Ordering::SeqCst);
+                drop(cast);
+            })
+        };
+        sink.start().unwrap();
+        assert!(!cast_open.load(Ordering::SeqCst), "the cast closed first");
+        assert_eq!(
+            lock.holder(),
+            Some(super::super::device_lock::Holder::Spotify)
+        );
+        cast_thread.join().unwrap();
+        sink.stop().unwrap();
+        assert_eq!(lock.holder(), None);
+        // A cast that never lets go: the sink refuses (the player pauses), nothing hangs forever.
+        let _stubborn = lock.try_acquire_cast().unwrap();
+        sink.wait = Duration::from_millis(30);
+        assert!(sink.start().is_err());
+        assert!(!open.load(Ordering::SeqCst));
     }
 
     #[test]

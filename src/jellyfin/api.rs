@@ -22,6 +22,21 @@ pub const SUPPORTED_COMMANDS: &[&str] = &[
     "ToggleMute",
 ];
 
+/// Added to [`SUPPORTED_COMMANDS`] when the speaker is a cast target (playing the library).
+pub const CAST_COMMANDS: &[&str] = &[
+    "Play",
+    "PlayNext",
+    "PlayMediaSource",
+    "SetRepeatMode",
+    "SetShuffleQueue",
+];
+
+/// Containers the cast decodes itself, in the universal endpoint's `container|codec` form: the
+/// server sends these files as they are. Opus (no symphonia decoder) and anything else are
+/// transcoded to `TRANSCODE_CODEC`.
+const DIRECT_CONTAINERS: &str = "flac,mp3,m4a|aac,m4b|aac,mp4|aac,aac,ogg|vorbis,oga|vorbis,wav";
+const TRANSCODE_CODEC: &str = "flac";
+
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -46,9 +61,12 @@ pub struct QuickConnect {
 #[derive(Debug, Clone)]
 pub struct Api {
     http: Client,
+    /// For audio streams: no total timeout (a song lasts minutes), but connect and read ones.
+    stream_http: Client,
     base: Url,
     pub identity: Identity,
     token: Option<String>,
+    cast: bool,
 }
 
 impl Api {
@@ -64,12 +82,74 @@ impl Api {
             .connect_timeout(timeout)
             .build()
             .map_err(|e| ApiError::Network(e.to_string()))?;
+        let stream_http = Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| ApiError::Network(e.to_string()))?;
         Ok(Self {
             http,
+            stream_http,
             base,
             identity,
             token: None,
+            cast: false,
         })
+    }
+
+    /// Advertise the cast commands (only when the cast player runs).
+    pub fn set_cast(&mut self, cast: bool) {
+        self.cast = cast;
+    }
+
+    /// The commands the capabilities advertise.
+    pub fn supported_commands(&self) -> Vec<&'static str> {
+        let mut commands = SUPPORTED_COMMANDS.to_vec();
+        if self.cast {
+            commands.extend_from_slice(CAST_COMMANDS);
+        }
+        commands
+    }
+
+    /// `/Audio/{id}/universal?…`: the original file when the cast can decode its container, a
+    /// FLAC transcode otherwise. No token: that goes in the Authorization header only, so the
+    /// URL is safe to log.
+    pub fn universal_audio_url(
+        &self,
+        item_id: &str,
+        user_id: Option<&str>,
+        media_source_id: &str,
+        start_ticks: u64,
+    ) -> Result<Url, ApiError> {
+        let mut url = self.url(&format!("Audio/{item_id}/universal"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(user) = user_id {
+                q.append_pair("UserId", user);
+            }
+            q.append_pair("DeviceId", &self.identity.device_id)
+                .append_pair("MediaSourceId", media_source_id)
+                .append_pair("Container", DIRECT_CONTAINERS)
+                .append_pair("TranscodingContainer", TRANSCODE_CODEC)
+                .append_pair("TranscodingProtocol", "http")
+                .append_pair("AudioCodec", TRANSCODE_CODEC)
+                .append_pair("MaxStreamingBitrate", "140000000")
+                .append_pair("EnableRedirection", "false")
+                .append_pair("EnableRemoteMedia", "false");
+            if start_ticks > 0 {
+                q.append_pair("StartTimeTicks", &start_ticks.to_string());
+            }
+        }
+        Ok(url)
+    }
+
+    /// Starts an audio stream at byte `from` (a `Range` request when not 0).
+    pub async fn stream(&self, url: Url, from: u64) -> Result<reqwest::Response, ApiError> {
+        let mut request = self.stream_http.get(url);
+        if from > 0 {
+            request = request.header("Range", format!("bytes={from}-"));
+        }
+        self.send(request).await
     }
 
     pub fn set_token(&mut self, token: Option<String>) {
@@ -167,7 +247,7 @@ impl Api {
     pub async fn post_capabilities(&self) -> Result<(), ApiError> {
         let body = json!({
             "PlayableMediaTypes": ["Audio"],
-            "SupportedCommands": SUPPORTED_COMMANDS,
+            "SupportedCommands": self.supported_commands(),
             "SupportsMediaControl": true,
             "SupportsPersistentIdentifier": true,
         });

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use serde_json::Value;
 
+use super::cast::{CastCommand, PlayCommand, PlayRequest, PlaybackOrder, RepeatMode};
 use crate::audio::MAX_VOLUME;
 use crate::connect::control::Command;
 
@@ -13,8 +14,10 @@ use crate::connect::control::Command;
 pub enum Inbound {
     /// Answer `KeepAlive` now and every `seconds / 2`.
     ForceKeepAlive { seconds: u64 },
-    /// A remote-control request, already translated.
+    /// A remote-control request, already translated (for the cast while one plays).
     Control(Vec<Command>),
+    /// Only the cast can do this (`Play`, repeat and shuffle modes).
+    Cast(CastCommand),
     /// Unknown, malformed, repeated or not for us.
     Ignore,
 }
@@ -63,9 +66,70 @@ pub fn parse(text: &str, seen: &mut RecentIds, mute: &mut MuteMemory, volume: u1
                 .unwrap_or(60);
             Inbound::ForceKeepAlive { seconds }
         }
+        Some("Play") => play(data),
         Some("Playstate") => playstate(data),
         Some("GeneralCommand") => general(data, mute, volume),
         _ => Inbound::Ignore,
+    }
+}
+
+/// `Play {ItemIds, PlayCommand, StartIndex?, StartPositionTicks?, MediaSourceId?,
+/// ControllingUserId}`.
+fn play(data: &Value) -> Inbound {
+    let command = match data.get("PlayCommand").and_then(Value::as_str) {
+        Some("PlayNow") | None => PlayCommand::PlayNow,
+        Some("PlayNext") => PlayCommand::PlayNext,
+        Some("PlayLast") => PlayCommand::PlayLast,
+        // PlayShuffle / PlayInstantMix need server-side queries the speaker does not make.
+        Some(_) => return Inbound::Ignore,
+    };
+    let item_ids: Vec<String> = data
+        .get("ItemIds")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if item_ids.is_empty() {
+        return Inbound::Ignore;
+    }
+    let number = |name: &str| {
+        data.get(name).and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+    };
+    let text = |name: &str| data.get(name).and_then(Value::as_str).map(str::to_string);
+    Inbound::Cast(CastCommand::Play(PlayRequest {
+        item_ids,
+        command,
+        start_index: number("StartIndex")
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
+        start_position_ms: number("StartPositionTicks").unwrap_or(0) / 10_000,
+        media_source_id: text("MediaSourceId"),
+        user_id: text("ControllingUserId"),
+    }))
+}
+
+/// A control-handle command as the cast's command (while a cast plays).
+pub fn to_cast(command: &Command) -> CastCommand {
+    match command {
+        Command::Play => CastCommand::Unpause,
+        Command::Pause => CastCommand::Pause,
+        Command::PlayPause => CastCommand::PlayPause,
+        Command::Stop => CastCommand::Stop,
+        Command::Next => CastCommand::Next,
+        Command::Previous => CastCommand::Previous,
+        Command::Seek { position_ms } => CastCommand::Seek {
+            position_ms: u64::from(*position_ms),
+        },
+        Command::SetVolume(v) => CastCommand::SetVolume(*v),
+        Command::VolumeUp => CastCommand::VolumeUp,
+        Command::VolumeDown => CastCommand::VolumeDown,
     }
 }
 
@@ -111,6 +175,18 @@ fn general(data: &Value, mute: &mut MuteMemory, volume: u16) -> Inbound {
             };
             mute.0 = None;
             Command::SetVolume(percent_to_volume(percent))
+        }
+        Some("SetRepeatMode") => {
+            return match arg("RepeatMode").as_deref().and_then(RepeatMode::parse) {
+                Some(mode) => Inbound::Cast(CastCommand::SetRepeat(mode)),
+                None => Inbound::Ignore,
+            }
+        }
+        Some("SetShuffleQueue") => {
+            return match arg("ShuffleMode").as_deref().and_then(PlaybackOrder::parse) {
+                Some(order) => Inbound::Cast(CastCommand::SetShuffle(order)),
+                None => Inbound::Ignore,
+            }
         }
         Some("VolumeUp") => Command::VolumeUp,
         Some("VolumeDown") => Command::VolumeDown,
@@ -253,6 +329,53 @@ mod tests {
                 "{junk}: {r:?}"
             );
         }
+    }
+
+    #[test]
+    fn play_and_queue_modes_are_cast_commands() {
+        let r = p(
+            r#"{"MessageType":"Play","Data":{"ItemIds":["a","b"],"PlayCommand":"PlayNext","StartIndex":1,"StartPositionTicks":15000000,"ControllingUserId":"u1","MediaSourceId":"m"}}"#,
+        );
+        assert_eq!(
+            r,
+            Inbound::Cast(CastCommand::Play(PlayRequest {
+                item_ids: vec!["a".into(), "b".into()],
+                command: PlayCommand::PlayNext,
+                start_index: 1,
+                start_position_ms: 1_500,
+                media_source_id: Some("m".into()),
+                user_id: Some("u1".into()),
+            }))
+        );
+        assert!(matches!(
+            p(r#"{"MessageType":"Play","Data":{"ItemIds":["a"]}}"#),
+            Inbound::Cast(CastCommand::Play(PlayRequest {
+                command: PlayCommand::PlayNow,
+                start_index: 0,
+                ..
+            }))
+        ));
+        for junk in [
+            r#"{"MessageType":"Play","Data":{"ItemIds":[]}}"#,
+            r#"{"MessageType":"Play","Data":{"ItemIds":"a"}}"#,
+            r#"{"MessageType":"Play","Data":{"ItemIds":["a"],"PlayCommand":"PlayInstantMix"}}"#,
+            r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetRepeatMode","Arguments":{"RepeatMode":"Often"}}}"#,
+        ] {
+            assert_eq!(p(junk), Inbound::Ignore, "{junk}");
+        }
+        assert_eq!(
+            p(
+                r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetRepeatMode","Arguments":{"RepeatMode":"RepeatOne"}}}"#
+            ),
+            Inbound::Cast(CastCommand::SetRepeat(RepeatMode::RepeatOne))
+        );
+        assert_eq!(
+            p(
+                r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetShuffleQueue","Arguments":{"ShuffleMode":"Shuffle"}}}"#
+            ),
+            Inbound::Cast(CastCommand::SetShuffle(PlaybackOrder::Shuffle))
+        );
+        assert_eq!(to_cast(&Command::Play), CastCommand::Unpause);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the DeviceId is stable and there is only ever one socket.
 
 mod api;
+pub mod cast;
 mod identity;
 mod messages;
 mod reporter;
@@ -21,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use api::{Api, ApiError, SUPPORTED_COMMANDS};
+pub use api::{Api, ApiError, CAST_COMMANDS, SUPPORTED_COMMANDS};
 pub use identity::{Identity, JellyfinFiles, CLIENT};
 pub use messages::{percent_to_volume, volume_to_percent};
 pub use socket::Liveness;
@@ -60,6 +61,8 @@ pub struct JellyfinSettings {
     pub backoff_max: Duration,
     pub quick_connect_poll: Duration,
     pub progress_every: Duration,
+    /// The cast target (playing the library), when the daemon has an audio device for it.
+    pub cast: Option<cast::CastSettings>,
 }
 
 impl JellyfinSettings {
@@ -79,6 +82,7 @@ impl JellyfinSettings {
             backoff_max: Duration::from_secs(60),
             quick_connect_poll: Duration::from_secs(5),
             progress_every: Duration::from_secs(10),
+            cast: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl JellyfinSettings {
 /// The sidecar task for the daemon.
 pub async fn run(
     config: Config,
+    cast: Option<cast::CastSettings>,
     control: ControlHandle,
     state: watch::Sender<JellyfinState>,
     shutdown: watch::Receiver<bool>,
@@ -100,7 +105,10 @@ pub async fn run(
         return;
     };
     run_with(
-        JellyfinSettings::from_config(&config, server),
+        JellyfinSettings {
+            cast,
+            ..JellyfinSettings::from_config(&config, server)
+        },
         control,
         state,
         shutdown,
@@ -149,12 +157,26 @@ pub async fn run_with(
     api.set_token(token);
 
     let (api_tx, api_rx) = watch::channel(None::<Api>);
+    let (report_tx, report_rx) = reporter::queue();
+    let cast = settings.cast.clone().map(|cast| {
+        cast::spawn(
+            cast,
+            api_rx.clone(),
+            control.clone(),
+            report_tx.clone(),
+            shutdown.clone(),
+        )
+    });
+    // Play/PlayNext/PlayMediaSource are advertised only when the cast player really runs.
+    api.set_cast(cast.is_some());
     let reporter = tokio::spawn(reporter::run(
         control.subscribe_events(),
         control.watch_status(),
         api_rx,
         settings.progress_every,
         shutdown.clone(),
+        (report_tx, report_rx),
+        cast.as_ref().map(cast::CastHandle::watch_active),
     ));
 
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
@@ -196,6 +218,7 @@ pub async fn run_with(
                 let end = socket::serve(
                     &api,
                     &control,
+                    cast.as_ref(),
                     settings.liveness,
                     &mut shutdown,
                     on_connected,

@@ -149,15 +149,22 @@ impl ReportBuilder {
     }
 }
 
-/// Follows playback events and sends reports in order through `api` (while it has a token).
+/// The one ordered report queue: Spotify's reports and the cast's go through the same sender.
+pub fn queue() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
+    mpsc::channel(64)
+}
+
+/// Follows playback events and sends reports in order through `api` (while it has a token),
+/// with whatever else is put on the queue (`queue_tx` is a clone of the cast's sender).
 pub async fn run(
     mut events: broadcast::Receiver<PlaybackEvent>,
     status: watch::Receiver<SpeakerStatus>,
     api: watch::Receiver<Option<Api>>,
     progress_every: Duration,
     mut shutdown: watch::Receiver<bool>,
+    (queue_tx, mut queue_rx): (mpsc::Sender<Report>, mpsc::Receiver<Report>),
+    casting: Option<watch::Receiver<bool>>,
 ) {
-    let (queue_tx, mut queue_rx) = mpsc::channel::<Report>(64);
     // The sender: strictly one report at a time, in queue order.
     let sender = tokio::spawn(async move {
         while let Some(report) = queue_rx.recv().await {
@@ -181,6 +188,11 @@ pub async fn run(
             _ = tick.tick() => builder.tick().into_iter().collect(),
             _ = shutdown.changed() => break,
         };
+        // While a Jellyfin cast plays, the session's now-playing is the cast's: Spotify's side
+        // (paused, or a volume echo from the shared mixer) must not overwrite it.
+        if casting.as_ref().is_some_and(|c| *c.borrow()) {
+            continue;
+        }
         for report in reports {
             // A full queue means Jellyfin is far behind: drop progress, keep state changes.
             if report.path.ends_with("Progress") {

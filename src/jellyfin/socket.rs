@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::api::Api;
-use super::messages::{parse, Inbound, MuteMemory, RecentIds};
+use super::cast::CastHandle;
+use super::messages::{parse, to_cast, Inbound, MuteMemory, RecentIds};
 use crate::connect::control::ControlHandle;
 
 /// How the socket checks that the link is alive.
@@ -40,6 +41,7 @@ pub enum SocketEnd {
 pub async fn serve(
     api: &Api,
     control: &ControlHandle,
+    cast: Option<&CastHandle>,
     liveness: Liveness,
     shutdown: &mut watch::Receiver<bool>,
     on_connected: impl std::future::Future<Output = Result<(), String>>,
@@ -100,7 +102,12 @@ pub async fn serve(
                 last_inbound = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        let volume = control.status().volume;
+                        // While a cast plays, the remote's commands are the cast's.
+                        let casting = cast.filter(|c| c.is_active());
+                        let volume = match casting {
+                            Some(cast) => cast.volume(),
+                            None => control.status().volume,
+                        };
                         match parse(text.as_str(), &mut seen, &mut mute, volume) {
                             Inbound::ForceKeepAlive { seconds } => {
                                 debug!("Jellyfin asks for a keep-alive every {} s", seconds / 2);
@@ -110,6 +117,17 @@ pub async fn serve(
                                 let period = Duration::from_secs((seconds / 2).max(1));
                                 keepalive = Some(tokio::time::interval_at(Instant::now() + period, period));
                             }
+                            Inbound::Control(commands) if casting.is_some() => {
+                                for command in &commands {
+                                    if let Some(cast) = casting {
+                                        cast.send(to_cast(command));
+                                    }
+                                }
+                            }
+                            Inbound::Cast(command) => match cast {
+                                Some(cast) => cast.send(command),
+                                None => debug!("no cast player: ignoring {command:?}"),
+                            },
                             Inbound::Control(commands) => {
                                 for command in commands {
                                     if let Err(e) = control.send(command.clone()).await {

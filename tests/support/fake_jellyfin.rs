@@ -1,9 +1,13 @@
 //! A fake Jellyfin server that behaves like the real one as `../shared/notes/jellyfin-session.md`
 //! describes, strictly: only `Authorization: MediaBrowser …` is accepted (legacy X-Emby headers
 //! and `api_key` are refused and counted), a wrapped `{"Capabilities":…}` body answers 204 but
-//! records empty capabilities, PlaystateCommand names in SupportedCommands or a non-GUID ItemId
-//! answer 400, sessions are keyed on Client + DeviceId, the socket gets `ForceKeepAlive` and is
+//! records empty capabilities, PlaystateCommand (or unknown) names in SupportedCommands or a
+//! non-GUID ItemId answer 400, sessions are keyed on Client + DeviceId, the socket gets `ForceKeepAlive` and is
 //! declared lost (ending the session) after the keep-alive period without a `KeepAlive`.
+//!
+//! Audio: `/Audio/{id}/universal` serves media the test registered (files it generated), with
+//! `Range` support like the real server's static streams, optional throttling and a one-time
+//! stall mid-body, a 500 item, and every request's URL and headers recorded.
 //!
 //! Timings scale with `scale` so a test can run ten server minutes in thirty seconds; 1.0 is the
 //! real server's 60 s. What the server saw is exposed for assertions.
@@ -17,8 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -43,6 +48,52 @@ const PLAYSTATE_NAMES: &[&str] = &[
     "PlayPause",
 ];
 
+/// The server's `GeneralCommandType` names: anything else in SupportedCommands fails to bind (400).
+const GENERAL_COMMAND_NAMES: &[&str] = &[
+    "MoveUp",
+    "MoveDown",
+    "MoveLeft",
+    "MoveRight",
+    "PageUp",
+    "PageDown",
+    "PreviousLetter",
+    "NextLetter",
+    "ToggleOsd",
+    "ToggleContextMenu",
+    "Select",
+    "Back",
+    "TakeScreenshot",
+    "SendKey",
+    "SendString",
+    "GoHome",
+    "GoToSettings",
+    "VolumeUp",
+    "VolumeDown",
+    "Mute",
+    "Unmute",
+    "ToggleMute",
+    "SetVolume",
+    "SetAudioStreamIndex",
+    "SetSubtitleStreamIndex",
+    "ToggleFullscreen",
+    "DisplayContent",
+    "GoToSearch",
+    "DisplayMessage",
+    "SetRepeatMode",
+    "ChannelUp",
+    "ChannelDown",
+    "Guide",
+    "ToggleStats",
+    "PlayMediaSource",
+    "PlayTrailers",
+    "SetShuffleQueue",
+    "PlayState",
+    "PlayNext",
+    "ToggleOsdMenu",
+    "Play",
+    "SetMaxStreamingBitrate",
+];
+
 #[derive(Debug, Clone, Default)]
 pub struct SessionRecord {
     pub client: String,
@@ -54,9 +105,41 @@ pub struct SessionRecord {
     pub open_sockets: usize,
 }
 
+type Body = BoxBody<Bytes, Infallible>;
+
+/// How `/Audio/{id}/universal` serves one item.
+#[derive(Debug, Clone, Default)]
+pub struct Media {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    /// Answer 500 instead.
+    pub fail: bool,
+    /// Bytes per second (None: as fast as the socket goes).
+    pub throttle: Option<u64>,
+    /// Pause this long once the body reaches this byte offset (first request only).
+    pub stall: Option<(u64, Duration)>,
+    /// Like a progressive transcode: no `Accept-Ranges`, a `Range` header is ignored.
+    pub no_ranges: bool,
+    /// Every response breaks off after this many bytes (a server dropping idle connections).
+    pub cut_every: Option<u64>,
+}
+
+/// One audio request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct AudioRequest {
+    pub item_id: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+    pub at: Instant,
+}
+
 /// What the server saw.
 #[derive(Default)]
 pub struct Seen {
+    pub media: HashMap<String, Media>,
+    pub audio_requests: Vec<AudioRequest>,
+    stalled: Vec<String>,
     pub sessions: HashMap<(String, String), SessionRecord>,
     pub tokens: Vec<String>,
     pub legacy_auth_refused: usize,
@@ -191,6 +274,135 @@ impl FakeJellyfin {
     pub fn reports(&self) -> Vec<(String, Value)> {
         self.seen.lock().unwrap().reports.clone()
     }
+
+    /// Registers an item for `/Audio/{id}/universal` (id in the simple GUID form the speaker uses).
+    pub fn add_media(&self, id: &str, media: Media) {
+        self.seen
+            .lock()
+            .unwrap()
+            .media
+            .insert(id.to_string(), media);
+    }
+
+    pub fn audio_requests(&self) -> Vec<AudioRequest> {
+        self.seen.lock().unwrap().audio_requests.clone()
+    }
+}
+
+fn boxed(body: Full<Bytes>) -> Body {
+    body.map_err(|never| match never {}).boxed()
+}
+
+/// `/Audio/{id}/universal`: the file (200, or 206 for `Range: bytes=N-`), throttled and stalled
+/// as configured.
+fn audio(
+    req: &Request<Incoming>,
+    id: &str,
+    query: &str,
+    seen: &Arc<Mutex<Seen>>,
+) -> Response<Body> {
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (media, stall) = {
+        let mut s = seen.lock().unwrap();
+        s.audio_requests.push(AudioRequest {
+            item_id: id.to_string(),
+            query: query.to_string(),
+            authorization: req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            range: range.clone(),
+            at: Instant::now(),
+        });
+        let Some(media) = s.media.get(id).cloned() else {
+            return respond(StatusCode::NOT_FOUND, Value::Null);
+        };
+        let first = !s.stalled.iter().any(|x| x == id);
+        if media.stall.is_some() && first {
+            s.stalled.push(id.to_string());
+        }
+        let stall = media.stall.filter(|_| first);
+        (media, stall)
+    };
+    if media.fail {
+        return respond(StatusCode::INTERNAL_SERVER_ERROR, Value::Null);
+    }
+    let total = media.bytes.len() as u64;
+    let range = range.filter(|_| !media.no_ranges);
+    let from = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(total);
+    let bytes = Bytes::from(media.bytes).slice(from as usize..);
+    let len = bytes.len() as u64;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let throttle = media.throttle;
+    let cut = media.cut_every.map(|n| n as usize);
+    tokio::spawn(async move {
+        let chunk = 8192usize;
+        let started = Instant::now();
+        let mut sent = 0usize;
+        let mut stall = stall;
+        while sent < bytes.len() {
+            if cut.is_some_and(|c| sent >= c) {
+                // Ends short of Content-Length: hyper aborts the connection mid-body (after a
+                // moment, so what was sent is flushed first).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            let offset = from + sent as u64;
+            if let Some((at, pause)) = stall {
+                if offset >= at {
+                    tokio::time::sleep(pause).await;
+                    stall = None;
+                }
+            }
+            let end = (sent + chunk)
+                .min(bytes.len())
+                .min(cut.unwrap_or(usize::MAX).max(sent + 1));
+            if tx.send(bytes.slice(sent..end)).await.is_err() {
+                return;
+            }
+            sent = end;
+            if let Some(rate) = throttle {
+                let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        r.headers_mut().insert(
+            "content-range",
+            format!("bytes {from}-{}/{total}", total.saturating_sub(1))
+                .parse()
+                .unwrap(),
+        );
+    }
+    let h = r.headers_mut();
+    if media.no_ranges {
+        // A transcode is chunked, with no length and no ranges.
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+    } else {
+        h.insert("content-length", len.to_string().parse().unwrap());
+        h.insert("accept-ranges", "bytes".parse().unwrap());
+    }
+    h.insert("content-type", media.content_type.parse().unwrap());
+    r
 }
 
 /// Parses `MediaBrowser Key="value", …` with percent-decoded values.
@@ -209,13 +421,13 @@ pub fn parse_mediabrowser(header: &str) -> Option<HashMap<String, String>> {
     Some(out)
 }
 
-fn respond(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
+fn respond(code: StatusCode, body: Value) -> Response<Body> {
     let bytes = if body.is_null() {
         Bytes::new()
     } else {
         Bytes::from(body.to_string())
     };
-    let mut r = Response::new(Full::new(bytes));
+    let mut r = Response::new(boxed(Full::new(bytes)));
     *r.status_mut() = code;
     r.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
@@ -227,7 +439,7 @@ async fn handle(
     seen: Arc<Mutex<Seen>>,
     sockets: Arc<Mutex<Vec<mpsc::UnboundedSender<Option<String>>>>>,
     scale: f64,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     if seen.lock().unwrap().down {
         return respond(StatusCode::SERVICE_UNAVAILABLE, Value::Null);
     }
@@ -325,10 +537,10 @@ async fn handle(
                         .collect()
                 })
                 .unwrap_or_default();
-            if let Some(bad) = commands
-                .iter()
-                .find(|c| PLAYSTATE_NAMES.contains(&c.as_str()))
-            {
+            if let Some(bad) = commands.iter().find(|c| {
+                PLAYSTATE_NAMES.contains(&c.as_str())
+                    || !GENERAL_COMMAND_NAMES.contains(&c.as_str())
+            }) {
                 seen.lock()
                     .unwrap()
                     .bad_requests
@@ -391,13 +603,20 @@ async fn handle(
                     socket_session(ws, rx, seen, key, scale).await;
                 }
             });
-            let mut r = Response::new(Full::new(Bytes::new()));
+            let mut r = Response::new(boxed(Full::new(Bytes::new())));
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = r.headers_mut();
             h.insert("connection", "upgrade".parse().unwrap());
             h.insert("upgrade", "websocket".parse().unwrap());
             h.insert("sec-websocket-accept", accept.parse().unwrap());
             r
+        }
+        ("GET", p) if p.starts_with("/Audio/") && p.ends_with("/universal") => {
+            let id = p
+                .trim_start_matches("/Audio/")
+                .trim_end_matches("/universal")
+                .to_string();
+            audio(&req, &id, &query, &seen)
         }
         _ => respond(StatusCode::NOT_FOUND, Value::Null),
     }
