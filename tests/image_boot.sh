@@ -120,13 +120,15 @@ pass "zeroconf getInfo from the host: remoteName CI Speaker, deviceID, publicKey
 control=$(probe hw_control=)
 [ -n "$control" ] || die "the speaker did not pick a hardware volume control: $(probe hw_line=)"
 grep -q 'volume: hardware control' <<<"$(probe hw_line=)" || die "no hardware volume: $(probe hw_line=)"
-pass "hardware volume control on the USB card: \"$control\" ($(probe amixer=) at 60%)"
+pass "hardware volume control on the USB card: \"$control\""
 
-v0=$(probe 'volume amixer=0% speaker=') v100=$(probe 'volume amixer=100% speaker=') v60=$(probe 'volume amixer=60% speaker=')
+v0=$(probe 'volume amixer=0% speaker=') v100=$(probe 'volume amixer=100% speaker=') v10=$(probe 'volume amixer=top-10dB speaker=')
+probe_all "sget " | sed 's/^/  amixer: /'
 [[ "$v0" == "0% "* ]] && [[ "$v100" == "100% "* ]] || die "amixer 0% / 100% read back as $v0 / $v100"
-pct=${v60%%\%*}
-[ "$pct" -gt 0 ] 2>/dev/null && [ "$pct" -lt 100 ] || die "amixer 60% read back as $v60"
-pass "volume set with amixer in the guest is read by the speaker: 0% -> $v0, 100% -> $v100, 60% -> $v60 (before: $(probe 'volume before='))"
+# The usb-dac preset's log curve spans 50 dB: -10 dB is 80 % (a control step is finer than 1 %).
+pct=${v10%%\%*}
+[ "$pct" -ge 78 ] 2>/dev/null && [ "$pct" -le 82 ] || die "amixer at 10 dB below the top read back as $v10 (expected 80 % on the 50 dB log curve)"
+pass "volume set with amixer in the guest is read by the speaker: 0% -> $v0, 100% -> $v100, top - 10 dB -> $v10 (before: $(probe 'volume before='))"
 
 status=$(curl -fsS --max-time 20 "http://127.0.0.1:$STATUS_PORT/status.json") || die "status page did not answer"
 grep -q '"key":"wifi_country"' <<<"$status" || die "the invalid wifi_country is not on the status page: $status"

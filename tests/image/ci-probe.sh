@@ -32,7 +32,7 @@ speaker_volume() { # whole percent, e.g. "83%"
   pispeaker status 2>/dev/null | awk '$1 == "volume" {sub(/%/, "", $2); printf "%d%%\n", $2 + 0.5}'
 }
 volume_after() { # <amixer value> <shell test on $v>
-  amixer -q -c 0 sset "$control" "$1" >/dev/null 2>&1 || { echo "amixer-failed"; return; }
+  amixer -q -c 0 sset "$control" -- "$1" >/dev/null 2>&1 || { echo "amixer-failed"; return; }
   j=0
   while [ $j -lt 40 ]; do
     v=$(speaker_volume)
@@ -45,8 +45,13 @@ volume_after() { # <amixer value> <shell test on $v>
 out "volume before=$(speaker_volume)"
 out "volume amixer=0% speaker=$(volume_after 0% '[ "$v" = 0% ]')"
 out "volume amixer=100% speaker=$(volume_after 100% '[ "$v" = 100% ]')"
-out "volume amixer=60% speaker=$(volume_after 60% '[ -n "$v" ] && [ "$v" != 100% ]')"
-out "amixer=$(amixer -c 0 sget "$control" | grep -m1 -o '\[[-0-9.]*dB\]')"
+# 10 dB below the control's top (+8 dB on qemu's USB audio): the usb-dac preset's log curve
+# over 50 dB puts that at 80 %.
+top=$(amixer -c 0 sget "$control" | grep -m1 -o '\[[-0-9.]*dB\]' | tr -d '[]dB')
+target=$(awk -v top="$top" 'BEGIN { printf "%.2fdB", top - 10 }')
+out "volume amixer=top-10dB speaker=$(volume_after "$target" '[ -n "$v" ] && [ "$v" != 100% ]') ($target)"
+amixer -c 0 sget "$control" | while IFS= read -r line; do out "sget $line"; done
+out "amixer=$(amixer -c 0 sget "$control" | grep -m1 -o '\[[-0-9.]*dB\]' | head -n1)"
 
 ss -ltnupH | while IFS= read -r line; do out "listen $line"; done
 journal | tail -n 40 | while IFS= read -r line; do out "journal $line"; done
