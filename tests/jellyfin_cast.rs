@@ -29,8 +29,8 @@ use pispeaker::jellyfin::cast::{
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
 use support::fake_jellyfin::{FakeJellyfin, Media};
+use support::wait::until;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 const RATE: usize = 44_100;
 const SECONDS: usize = 3;
@@ -493,18 +493,6 @@ impl Speaker {
             .expect("sidecar stops on shutdown")
             .unwrap();
     }
-}
-
-async fn until(limit: Duration, what: &str, cond: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------

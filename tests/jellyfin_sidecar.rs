@@ -15,6 +15,7 @@ use pispeaker::connect::control::{
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
 use support::fake_jellyfin::FakeJellyfin;
+use support::wait::until;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -93,18 +94,6 @@ impl Sidecar {
             .expect("sidecar stops on shutdown")
             .unwrap();
     }
-}
-
-async fn until(limit: Duration, what: &str, cond: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 fn connected(fake: &FakeJellyfin) -> bool {

@@ -1,2 +1,3 @@
-//! Shared test support: the fake Jellyfin server.
+//! Shared test support: the fake Jellyfin server and waiting for conditions.
 pub mod fake_jellyfin;
+pub mod wait;
