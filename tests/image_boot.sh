@@ -13,7 +13,11 @@
 # Checked: the speaker reaches READY; answers zeroconf getInfo from the host (port forward);
 # found the USB card's hardware volume control; follows volumes set with amixer in the guest;
 # reports the invalid boot setting on its status page and still runs; read-only root, state on
-# PSDATA, root locked, volatile journal; and `ss -ltnup` lists only the speaker's own sockets.
+# PSDATA, root locked, volatile journal; `ss -ltnup` lists only the speaker's own sockets; and,
+# last, a Jellyfin cast: the fake Jellyfin server (tests/image/fake_jellyfin_cast.rs) runs on the
+# host, the guest reaches it at 10.0.2.2 through qemu's user network, registers with Quick
+# Connect, and on a Play command plays a generated sweep through the emulated USB DAC; the WAV
+# qemu records from that DAC must contain the sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,18 +26,24 @@ pass() { printf 'ok: %s\n' "$*"; }
 
 XZ=${1:-$(ls -t image/out/pispeaker-*-armhf.img.xz 2>/dev/null | head -n1)}
 [ -n "$XZ" ] && [ -s "$XZ" ] || die "no image: build one with 'sudo bash image/build.sh' first"
-for tool in qemu-system-arm mcopy sfdisk curl xz; do
-  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install qemu-system-arm mtools fdisk curl xz-utils)"
+for tool in qemu-system-arm mcopy sfdisk curl xz sox; do
+  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install qemu-system-arm mtools fdisk curl xz-utils sox)"
 done
+command -v cargo >/dev/null || die "cargo is missing: the cast check builds its fake Jellyfin server (the fake-jellyfin-cast example) on the host"
+
 (cd "$(dirname "$XZ")" && sha256sum -c --quiet "$(basename "$XZ").sha256") || die "checksum of $XZ does not match"
 
 WORK=$(mktemp -d /var/tmp/pispeaker-boot.XXXXXX)
 QEMU_PID=""
+JELLYFIN_PID=""
 CONSOLE_COPY=${PISPEAKER_BOOT_CONSOLE_LOG:-/tmp/pispeaker-image-console.log}
 cleanup() {
   [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
+  [ -n "$JELLYFIN_PID" ] && kill "$JELLYFIN_PID" 2>/dev/null || true
   # The guest's console (boot messages, the probe's report) outlives the run, for a failure.
   [ -f "$WORK/console.log" ] && cp "$WORK/console.log" "$CONSOLE_COPY" && echo "guest console log: $CONSOLE_COPY"
+  # So is what the emulated USB DAC played (the Jellyfin cast check), to listen to.
+  [ -s "$WORK/out.wav" ] && cp "$WORK/out.wav" "${CONSOLE_COPY%.log}-dac.wav" && echo "emulated DAC recording: ${CONSOLE_COPY%.log}-dac.wav"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -61,16 +71,6 @@ cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/cmdline.txt")
 grep -q 'root=LABEL=RASPIROOT' <<<"$cmdline" || die "cmdline.txt does not mount the root by label: $cmdline"
 [ "$(grep -oE '(^| )r[ow]( |$)' <<<"$cmdline" | tail -n1 | tr -d ' ')" = ro ] || die "cmdline.txt mounts the root read-write: $cmdline"
 
-# The test's settings: a name, the USB DAC preset, and one invalid value that must be reported.
-cat > "$WORK/pispeaker.toml" <<'TOML'
-name = "CI Speaker"
-board = "usb-dac"
-wifi_country = "XYZ"
-ssh = false
-TOML
-mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
-mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
-
 free_port() { # a TCP port nothing on the host listens on
   local port
   while :; do
@@ -78,7 +78,31 @@ free_port() { # a TCP port nothing on the host listens on
     ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }
   done
 }
-ZC_PORT=$(free_port); STATUS_PORT=$(free_port)
+ZC_PORT=$(free_port); STATUS_PORT=$(free_port); JELLYFIN_PORT=$(free_port)
+
+# The Jellyfin cast's track: 6 s of two sine sweeps (one per channel) at the USB DAC's 48 kHz,
+# as FLAC. A sweep has no repeating stretch, so each part of it can be found in the capture.
+sox -n -r 48000 -b 16 -c 2 "$WORK/track.flac" synth 6 sine 200-3000 sine 300-2500 gain -3
+ITEM_ID=7e1c0a5d2b9f4e3a8c6d1f0b2a3e4d5c
+cargo build --quiet --locked --example fake-jellyfin-cast || die "cannot build the fake Jellyfin server (cargo build --example fake-jellyfin-cast)"
+FAKE_JELLYFIN=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/examples/fake-jellyfin-cast
+[ -x "$FAKE_JELLYFIN" ] || die "the fake Jellyfin server was not built at $FAKE_JELLYFIN"
+"$FAKE_JELLYFIN" serve --bind "127.0.0.1:$JELLYFIN_PORT" --track "$WORK/track.flac" --item-id "$ITEM_ID" \
+  --trigger "$WORK/play-now" --seconds 6 --timeout "${BOOT_TIMEOUT:-900}" >"$WORK/jellyfin.log" 2>&1 &
+JELLYFIN_PID=$!
+
+# The test's settings: a name, the USB DAC preset, one invalid value that must be reported, and
+# the fake Jellyfin server on the host (qemu's user network shows the host's loopback as 10.0.2.2).
+cat > "$WORK/pispeaker.toml" <<TOML
+name = "CI Speaker"
+board = "usb-dac"
+wifi_country = "XYZ"
+ssh = false
+jellyfin_server = "http://10.0.2.2:$JELLYFIN_PORT"
+TOML
+mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
+mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
+
 CONSOLE=$WORK/console.log
 started=$(date +%s)
 qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
@@ -87,7 +111,7 @@ qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
   -drive file="$IMG",if=none,format=raw,id=hd -device virtio-blk-device,drive=hd \
   -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$ZC_PORT-:7071,hostfwd=tcp:127.0.0.1:$STATUS_PORT-:7070" \
   -device virtio-net-device,netdev=n \
-  -device qemu-xhci -device usb-audio,audiodev=a -audiodev "wav,id=a,path=$WORK/out.wav" \
+  -device qemu-xhci -device usb-audio,audiodev=a -audiodev "wav,id=a,path=$WORK/out.wav,out.frequency=48000,out.channels=2,out.format=s16" \
   -nographic -no-reboot </dev/null >"$CONSOLE" 2>&1 &
 QEMU_PID=$!
 echo "booting $(basename "$XZ") under qemu-system-arm (console log: $CONSOLE)"
@@ -155,4 +179,39 @@ pass "only the speaker listens (7070 status, 7071 zeroconf, 5353 mDNS); no SSH w
 failed=$(probe_all "failed ")
 [ -z "$failed" ] || die "failed units in the guest: $failed"
 pass "no failed units"
+
+# The Jellyfin cast, last, so the volume checks above are done with the mixer.
+echo "--- Jellyfin cast from the fake server on the host"
+deadline=$(( $(date +%s) + 180 ))
+until grep -q 'session ready' "$WORK/jellyfin.log"; do
+  kill -0 "$JELLYFIN_PID" 2>/dev/null || { cat "$WORK/jellyfin.log"; die "the fake Jellyfin server exited before the speaker registered"; }
+  [ "$(date +%s)" -lt "$deadline" ] || { cat "$WORK/jellyfin.log"; die "the speaker did not register with the fake Jellyfin server at 10.0.2.2:$JELLYFIN_PORT with Play advertised"; }
+  sleep 1
+done
+touch "$WORK/play-now"
+rc=0
+wait "$JELLYFIN_PID" || rc=$?
+JELLYFIN_PID=""
+sed 's/^/  /' "$WORK/jellyfin.log"
+if [ "$rc" -ne 0 ]; then
+  curl -fsS --max-time 20 "http://127.0.0.1:$STATUS_PORT/status.json" | sed 's/^/  status: /' || true
+  die "the cast did not play to the end (see the fake server's lines above)"
+fi
+# Stopped is reported when the last item is decoded; the guest then plays out its ALSA buffer
+# (a fraction of a second). qemu writes the WAV header's sizes when it shuts down; SIGTERM is a
+# clean shutdown.
+sleep 3
+kill -TERM "$QEMU_PID" 2>/dev/null || true
+wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=""
+[ -s "$WORK/out.wav" ] || die "qemu recorded no WAV from the emulated USB DAC"
+# Both as mono 8 kHz: the sweeps stay below 3 kHz, and the comparison is 36x cheaper.
+sox "$WORK/track.flac" -r 8000 -c 1 -e signed -b 16 "$WORK/source.raw"
+sox "$WORK/out.wav" -r 8000 -c 1 -e signed -b 16 "$WORK/captured.raw" 2>/dev/null \
+  || die "cannot read the WAV qemu recorded ($(stat -c %s "$WORK/out.wav") bytes)"
+rc=0
+"$FAKE_JELLYFIN" compare --source "$WORK/source.raw" --captured "$WORK/captured.raw" --rate 8000 >"$WORK/compare.log" 2>&1 || rc=$?
+sed 's/^/  /' "$WORK/compare.log"
+[ "$rc" -eq 0 ] || die "the track is not in the WAV recorded from the emulated USB DAC"
+pass "Jellyfin cast: Play from the fake server on the host; the guest streamed the FLAC, played it through the emulated USB DAC, and the recorded WAV contains it ($(sed -n 's/.*Playing reported \([0-9]*\) ms.*/Play -> Playing in \1 ms/p' "$WORK/jellyfin.log"); $(sed -n 's/.*; \([0-9]*\/[0-9]*\) quarter-second windows found.*/\1 windows found/p' "$WORK/compare.log"))"
 echo "image boot test: PASS"

@@ -1017,6 +1017,15 @@ async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
     s.wait_stopped(2, Duration::from_secs(5)).await;
     let stopped = s.reports("/Sessions/Playing/Stopped");
     assert_eq!(stopped[1]["Failed"], false);
+    // Played to its end: the position is the whole item, not what the sound card had played
+    // when the decoder finished (Jellyfin marks an item played from this position).
+    for report in &stopped {
+        let ticks = report["PositionTicks"].as_u64().unwrap_or(0);
+        assert!(
+            (ticks as i64 - 10_000_000).abs() < 100_000,
+            "a 1 s item played to its end reports 1 s, not {ticks} ticks"
+        );
+    }
     assert_eq!(s.reports("/Sessions/Playing").len(), 2);
     let total: usize = s.segments().iter().map(|(_, v)| v.len()).sum();
     assert_eq!(total, fx.reference.len() * 2, "both plays complete");

@@ -831,6 +831,10 @@ impl AudioThread {
                         .store(self.output.underruns(), Ordering::SeqCst);
                 }
                 Ok(None) => {
+                    // All of it is with the device, which plays the rest out on its own (or
+                    // while the next item starts): report the item as played to its end, so
+                    // Jellyfin marks it played even when it is only a few seconds long.
+                    self.position.store(t.heard_ms(0), Ordering::SeqCst);
                     let generation = t.generation;
                     track = None;
                     let _ = self.events.send(FromAudio::Ended { generation });
