@@ -15,6 +15,10 @@
 #                                                 between runs (default image/cache)
 #   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
 #   --keep-work                                   keep the unpacked trees (for debugging)
+#   --host-tools                                  only install the host tools (step 1), then stop
+#   --base-only                                   only build the cached root file system (steps 1
+#                                                 and 3); scripts/test.sh runs this in the
+#                                                 background while the other checks run
 #
 # The apt lines name bookworm and bookworm-updates only: the bookworm-security armhf index has
 # failed mid-sync on build machines, and an image build must not depend on it. Add a security
@@ -28,6 +32,7 @@ OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
 CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
 NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
 KEEP_WORK=""
+ONLY=""
 APT_LINES=()
 if [ -n "${PISPEAKER_IMAGE_APT_LINES:-}" ]; then
   while IFS= read -r line; do [ -n "$line" ] && APT_LINES+=("$line"); done <<<"$PISPEAKER_IMAGE_APT_LINES"
@@ -40,7 +45,9 @@ while [ $# -gt 0 ]; do
     --cache) CACHE=$2; shift 2 ;;
     --no-cache) NO_CACHE=1; shift ;;
     --keep-work) KEEP_WORK=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --host-tools) ONLY=host-tools; shift ;;
+    --base-only) ONLY=base; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,14 +99,19 @@ fi
 arch-test armhf >/dev/null 2>&1 || die "this machine cannot run armhf programs (arch-test armhf failed): check qemu-user-static/binfmt"
 echo "mmdebstrap $(mmdebstrap --version | awk '{print $2}'), genimage $(dpkg-query -W -f='${Version}' genimage), apt sources:"
 printf '  %s\n' "${APT_LINES[@]}"
+[ "$ONLY" = host-tools ] && exit 0
 
 # ---------------------------------------------------------------------------------------------
 step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
-bash scripts/cross-armv7.sh deb >/tmp/pispeaker-image-deb.log 2>&1 \
-  || { tail -n 40 /tmp/pispeaker-image-deb.log >&2; die "the armv7 build failed (full log: /tmp/pispeaker-image-deb.log)"; }
-DEB=$(ls -t target/debian-armv7/pispeaker_*_armhf.deb | head -n1)
-VERSION=$(dpkg-deb -f "$DEB" Version)
-echo "$DEB (version $VERSION)"
+if [ "$ONLY" = base ]; then
+  echo "skipped (--base-only)"
+else
+  bash scripts/cross-armv7.sh deb >/tmp/pispeaker-image-deb.log 2>&1 \
+    || { tail -n 40 /tmp/pispeaker-image-deb.log >&2; die "the armv7 build failed (full log: /tmp/pispeaker-image-deb.log)"; }
+  DEB=$(ls -t target/debian-armv7/pispeaker_*_armhf.deb | head -n1)
+  VERSION=$(dpkg-deb -f "$DEB" Version)
+  echo "$DEB (version $VERSION)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # The package-only root file system is the slow part (maintainer scripts under emulation,
@@ -128,6 +140,7 @@ if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
 else
   echo "reusing $BASE (same packages and mirrors; --no-cache rebuilds it)"
 fi
+[ "$ONLY" = base ] && exit 0
 
 # ---------------------------------------------------------------------------------------------
 step "customize: pispeaker .deb, image settings, locked root, read-only root"
