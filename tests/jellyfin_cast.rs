@@ -805,6 +805,64 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_shuffle_plays_every_item_once_in_the_reported_order() {
+    // The real server shuffles itself and sends PlayNow; a server that passes PlayShuffle on
+    // must still get every item once, in the order the speaker reports.
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options::default()).await;
+    let mut tone_of = HashMap::new();
+    let mut ids = Vec::new();
+    for (name, hz) in [("x", 400), ("y", 800), ("z", 1600)] {
+        let id = guid();
+        s.fake
+            .add_media(&id, media(&tone(dir.path(), name, hz, 0.5), "audio/flac"));
+        tone_of.insert(id.clone(), f64::from(hz));
+        ids.push(id);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.play(&refs, "PlayShuffle", 0, 0);
+    s.wait_stopped(3, Duration::from_secs(10)).await;
+    let playing = s.reports("/Sessions/Playing");
+    assert_eq!(playing.len(), 3, "each item played once: {playing:?}");
+    let queue: Vec<String> = playing[0]["NowPlayingQueue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Id"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = queue.clone();
+    sorted.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sorted, want, "the queue is the three items");
+    let order: Vec<String> = playing
+        .iter()
+        .map(|p| p["ItemId"].as_str().unwrap().to_string())
+        .collect();
+    println!("PlayShuffle: sent {ids:?}, reported queue {queue:?}");
+    assert_eq!(order, queue, "played in the reported order");
+    for p in &playing {
+        assert_eq!(p["PlaybackOrder"], "Shuffle");
+        assert_eq!(p["NowPlayingQueue"], playing[0]["NowPlayingQueue"]);
+    }
+    // And what came out of the speaker is those tones, in that order.
+    let heard: Vec<f64> = s
+        .segments()
+        .iter()
+        .map(|(_, samples)| frequency(samples))
+        .collect();
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    for (got, id) in heard.iter().zip(&queue) {
+        assert!((got - tone_of[id]).abs() < 10.0, "{heard:?} for {queue:?}");
+    }
+    assert!(s
+        .reports("/Sessions/Playing/Stopped")
+        .iter()
+        .all(|r| r["Failed"] == false));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped() {
     let fx = fixture(1);
     let s = speaker(Options::default()).await;

@@ -363,14 +363,21 @@ impl Player {
             self.user = request.user_id;
         }
         let first = ids.get(request.start_index.min(ids.len() - 1)).cloned();
-        if request.command == PlayCommand::PlayNow {
+        if request.command.replaces_queue() {
             self.end_current(false).await;
         }
         let restart = self.queue.play(request.command, &ids, request.start_index);
         if restart {
             self.end_current(false).await;
+            // StartPositionTicks and MediaSourceId belong to the item at StartIndex: after a
+            // PlayShuffle another item may come first, and it starts from its beginning.
+            let start_ms = if self.queue.current().map(|c| &c.id) == first.as_ref() {
+                request.start_position_ms
+            } else {
+                0
+            };
             self.media_source_id = request.media_source_id.zip(first);
-            self.start_current(request.start_position_ms, at).await;
+            self.start_current(start_ms, at).await;
         } else {
             self.report_progress();
         }
