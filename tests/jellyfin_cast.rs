@@ -24,7 +24,8 @@ use librespot_playback::mixer::{Mixer, MixerConfig};
 use pispeaker::audio::{AudioDeviceLock, LockedSink};
 use pispeaker::connect::control::{self, Command, PlaybackEvent, SpeakerStatus, TrackInfo};
 use pispeaker::jellyfin::cast::{
-    CaptureOutput, Captured, CastSettings, OutputFactory, PcmFormat, PcmOutput, StreamSettings,
+    CaptureOutput, Captured, CastSettings, CastStatusCell, OutputFactory, PcmFormat, PcmOutput,
+    StreamSettings,
 };
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
@@ -339,6 +340,8 @@ struct Speaker {
     events: tokio::sync::broadcast::Sender<PlaybackEvent>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The daemon's status page, serving this speaker's cast.
+    status_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -386,6 +389,7 @@ async fn speaker(options: Options) -> Speaker {
             }
         });
     }
+    let cast_status = CastStatusCell::new();
     let settings = JellyfinSettings {
         server: fake.url(),
         device_name: "Living Room".into(),
@@ -408,10 +412,22 @@ async fn speaker(options: Options) -> Speaker {
             stream: options.stream,
             handover_wait: Duration::from_secs(3),
             progress_every: Duration::from_millis(500),
+            status: cast_status.clone(),
         }),
     };
-    let (state_tx, _state) = watch::channel(JellyfinState::Disabled);
+    let (state_tx, state_rx) = watch::channel(JellyfinState::Disabled);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // The status page as the daemon wires it: the same cell the player publishes into.
+    let listener = pispeaker::status::bind("127.0.0.1:0").await.unwrap();
+    let status_url = format!("http://{}/status.json", listener.local_addr().unwrap());
+    tokio::spawn(pispeaker::status::serve_with_boot_config(
+        listener,
+        handle.clone(),
+        state_rx,
+        Some(cast_status),
+        None,
+        shutdown_rx.clone(),
+    ));
     let task = tokio::spawn(jellyfin::run_with(settings, handle, state_tx, shutdown_rx));
     let s = Speaker {
         fake,
@@ -424,6 +440,7 @@ async fn speaker(options: Options) -> Speaker {
         events,
         shutdown,
         task,
+        status_url,
         _dir: dir,
     };
     until(
@@ -484,6 +501,29 @@ impl Speaker {
             self.reports("/Sessions/Playing/Stopped").len() >= count
         })
         .await;
+    }
+
+    /// `/status.json`'s `jellyfin.cast`, polled until `cond` holds (the player publishes after
+    /// each command it handled, so a just-sent command may not show yet).
+    async fn cast_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let status: Value = reqwest::get(&self.status_url)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let cast = &status["jellyfin"]["cast"];
+            if cond(cast) {
+                return cast.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "status page never showed {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn stop(self) {
@@ -732,6 +772,25 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
         .as_str()
         .is_some_and(|p| !p.is_empty()));
     assert_eq!(s.mixer.volume(), 26214, "volume through the shared mixer");
+    // The status page shows the same cast, read while it plays.
+    let cast = s
+        .cast_status("a playing, 4 queued", |c| {
+            c["state"] == "playing" && c["queue_length"] == 4
+        })
+        .await;
+    println!("status page while casting: {cast}");
+    assert_eq!(cast["item_id"], ids["a"].as_str());
+    assert_eq!(cast["queue_index"], 0);
+    assert_eq!(cast["repeat"], "RepeatNone");
+    assert_eq!(cast["shuffle"], false);
+    assert!(cast["last_failed"].is_null());
+    let duration = cast["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (duration - 1.5).abs() < 0.01,
+        "the tone is 1.5 s: {duration}"
+    );
+    let position = cast["position_seconds"].as_f64().unwrap();
+    assert!((0.0..=1.5).contains(&position), "{position}");
     s.general("Mute", "");
     until(Duration::from_secs(2), "muted", || s.mixer.volume() == 0).await;
     s.general("Unmute", "");
@@ -779,6 +838,9 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
             .is_some_and(|p| p["IsPaused"] == true)
     })
     .await;
+    let paused = s.cast_status("paused", |c| c["state"] == "paused").await;
+    assert_eq!(paused["item_id"], ids["a"].as_str());
+    assert_eq!(paused["queue_length"], 2);
     tokio::time::sleep(Duration::from_millis(150)).await; // a write in progress finishes
     let written = s.segments().iter().map(|(_, v)| v.len()).sum::<usize>();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -801,6 +863,9 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
         s.lock.holder().is_none()
     })
     .await;
+    let stopped = s.cast_status("stopped", |c| c["state"] == "stopped").await;
+    assert!(stopped["item_id"].is_null() && stopped["position_seconds"].is_null());
+    assert_eq!(stopped["repeat"], "RepeatOne");
     s.stop().await;
 }
 
@@ -906,6 +971,11 @@ async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped()
     assert_eq!(playing.len(), 1);
     assert_eq!(playing[0]["ItemId"], good.as_str());
     assert_eq!(s.segments().len(), 1, "only the good item made sound");
+    // The status page keeps the last failure after the queue ended.
+    let cast = s.cast_status("stopped", |c| c["state"] == "stopped").await;
+    println!("status page after the queue: {cast}");
+    assert_eq!(cast["last_failed"]["item_id"], missing.as_str());
+    assert_eq!(cast["last_failed"]["reason"], "stream: HTTP 404");
     s.stop().await;
 }
 

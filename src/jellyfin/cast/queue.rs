@@ -183,6 +183,11 @@ impl Queue {
         self.current.and_then(|i| self.order.get(i))
     }
 
+    /// Where the current item is in play order (0-based), for the status page.
+    pub fn current_index(&self) -> Option<usize> {
+        self.current.filter(|i| *i < self.order.len())
+    }
+
     /// The track ended by itself: what plays next (`RepeatOne` repeats, `RepeatAll` wraps).
     pub fn on_track_end(&mut self) -> Option<&QueueItem> {
         if self.repeat == RepeatMode::RepeatOne {
@@ -291,6 +296,7 @@ mod tests {
         assert!(q.play(PlayCommand::PlayNow, &ids(&["x"]), 7));
         assert_eq!(order(&q), ["x"]);
         assert_eq!(cur(&q), Some("x"), "StartIndex is clamped");
+        assert_eq!(q.current_index(), Some(0));
         // PlayNext or PlayLast with nothing playing starts playing.
         let mut empty = Queue::new(1);
         assert!(empty.play(PlayCommand::PlayLast, &ids(&["p"]), 0));
@@ -314,6 +320,7 @@ mod tests {
         assert_eq!(q.previous().map(|e| e.id.clone()), Some("b".into()));
         q.repeat = RepeatMode::RepeatNone;
         assert!(q.on_track_end().is_none(), "the end of the queue");
+        assert_eq!(q.current_index(), None);
         assert!(q.skip().is_none());
         q.play(PlayCommand::PlayNow, &ids(&["a", "b"]), 0);
         assert_eq!(
