@@ -130,11 +130,20 @@ fn ffmpeg(args: &[&str]) -> Vec<u8> {
 /// native encoder), Opus (128 kbit/s, libopus), and the FLAC a server's transcoder makes of that
 /// Opus, written to a pipe as Jellyfin's progressive transcode is (so its header has no length).
 /// Opus is always 48 kHz: `reference_48k` is the source resampled by sox, to compare it with.
+/// `*_by_ffmpeg` are ffmpeg's own decodings, the reference decoder to hold symphonia's against.
 struct Encoded {
     m4a: Vec<u8>,
     opus: Vec<u8>,
     opus_as_flac: Vec<u8>,
     reference_48k: Vec<i16>,
+    m4a_by_ffmpeg: Vec<i16>,
+    opus_as_flac_by_ffmpeg: Vec<i16>,
+}
+
+fn s16le(raw: &[u8]) -> Vec<i16> {
+    raw.chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
 }
 
 fn encode_with_ffmpeg(fx: &Fixture) -> Encoded {
@@ -158,6 +167,18 @@ fn encode_with_ffmpeg(fx: &Fixture) -> Encoded {
         &p("src.opus"),
     ]);
     let opus_as_flac = ffmpeg(&["-i", &p("src.opus"), "-c:a", "flac", "-f", "flac", "pipe:1"]);
+    std::fs::write(p("opus_as.flac"), &opus_as_flac).unwrap();
+    let decode = |file: &str| {
+        s16le(&ffmpeg(&[
+            "-i",
+            &p(file),
+            "-f",
+            "s16le",
+            "-c:a",
+            "pcm_s16le",
+            "pipe:1",
+        ]))
+    };
     sox(&[
         &p("src.wav"),
         "-r",
@@ -171,15 +192,13 @@ fn encode_with_ffmpeg(fx: &Fixture) -> Encoded {
         "-L",
         &p("src48.raw"),
     ]);
-    let raw = std::fs::read(p("src48.raw")).unwrap();
     Encoded {
         m4a: std::fs::read(p("src.m4a")).unwrap(),
         opus: std::fs::read(p("src.opus")).unwrap(),
         opus_as_flac,
-        reference_48k: raw
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect(),
+        reference_48k: s16le(&std::fs::read(p("src48.raw")).unwrap()),
+        m4a_by_ffmpeg: decode("src.m4a"),
+        opus_as_flac_by_ffmpeg: decode("opus_as.flac"),
     }
 }
 
@@ -723,6 +742,15 @@ fn level_db(got: &[i16], reference: &[i16]) -> f64 {
     20.0 * (rms(got) / rms(reference)).log10()
 }
 
+/// The largest sample difference between two decodings of the same file.
+fn max_lsb_apart(a: &[i16], b: &[i16]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (i32::from(*x) - i32::from(*y)).abs())
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
 fn the_fake_server_chooses_original_or_transcode_from_the_speakers_own_request() {
     // The speaker's real request, so the fake's decision is tested against what it sends.
@@ -815,9 +843,14 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     // the list) + the source + padding shorter than one AAC frame (23.2 ms): that is exactly
     // what is asserted, with the lead-in measured as the lag (±64 frames, as for MP3).
     // Correlation: the same 0.98 as MP3. AAC-LC at 192 kbit/s codes a clean sweep with its noise
-    // ~35 dB down (measured ~0.9997), so 0.98 leaves room for other encoder versions yet fails
-    // for swapped channels (the channels sweep differently: ~0), a wrong sample rate, or a
-    // dropped or repeated AAC frame (the sweep decorrelates within a few samples of misalignment).
+    // ~30-35 dB down: measured 0.9990-0.9997 (the encoder's choices change with sox's random
+    // dither in the source, mostly in the last quarter second), so 0.98 leaves room for other
+    // encoder versions yet fails for swapped channels (the channels sweep differently: ~0), a
+    // wrong sample rate, or a dropped or repeated AAC frame (the sweep decorrelates within a few
+    // samples of misalignment). The correlation is blind to gain: the level is checked apart.
+    // And against ffmpeg's own AAC decoder (which applies the edit list, so without the
+    // lead-in): within 2 LSB (measured 1: float-to-16-bit rounding), which no encoder noise
+    // excuses.
     let (format, samples) = &segments[0];
     assert_eq!(
         *format,
@@ -844,11 +877,20 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     );
     assert!(corr >= 0.98, "m4a: correlation {corr}");
     assert!(level.abs() < 0.5, "m4a: level {level} dB");
+    let ours = &samples[(lead_in.max(0) as usize * 2).min(samples.len())..];
+    let n = ours.len().min(enc.m4a_by_ffmpeg.len());
+    assert!(n >= fx.reference.len(), "m4a: {n} samples to compare");
+    let max_diff = max_lsb_apart(&ours[..n], &enc.m4a_by_ffmpeg[..n]);
+    println!("m4a: symphonia vs ffmpeg's decoder: at most {max_diff} LSB apart");
+    assert!(max_diff <= 2, "m4a: {max_diff} LSB from ffmpeg's decoding");
 
     // The Opus transcode: 48 kHz (Opus always is, and the server's FLAC keeps it), compared with
     // the source resampled by sox. The original's pre-skip and end trimming were applied by the
     // transcoder, so the length is exact but for the resamplers (±10 ms) and there is no lead-in
-    // (±64 frames). Correlation: 0.98 as above; Opus at 128 kbit/s measured ~0.9997.
+    // (±64 frames). Correlation: 0.98 as above; Opus at 128 kbit/s measured ~0.9997. The FLAC
+    // itself is lossless, so what played must be ffmpeg's decoding of it, to the LSB: it is
+    // 24-bit (ffmpeg keeps the Opus decoder's float precision, as a server's transcode would),
+    // which the speaker rounds to 16 bits and ffmpeg truncates, hence 1 LSB.
     let (format, samples) = &segments[1];
     assert_eq!(
         *format,
@@ -868,6 +910,10 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     assert!(lag.abs() <= 64, "opus: lag {lag}");
     assert!(corr >= 0.98, "opus: correlation {corr}");
     assert!(level.abs() < 0.5, "opus: level {level} dB");
+    assert_eq!(samples.len(), enc.opus_as_flac_by_ffmpeg.len());
+    let max_diff = max_lsb_apart(samples, &enc.opus_as_flac_by_ffmpeg);
+    println!("opus as FLAC transcode vs ffmpeg's decoding: at most {max_diff} LSB apart");
+    assert!(max_diff <= 1, "opus: {max_diff} LSB from ffmpeg's decoding");
 
     // A seek in the M4A: StartPositionTicks = 1.5 s (the decoder seeks through Range requests
     // into the file; the player then asks nothing of the server's transcoder).
