@@ -20,16 +20,26 @@ fi
 
 # Debian packages: ALSA headers for the alsa crate, pkg-config, ip/iptables for the namespace
 # tests, systemd-analyze for the unit checks, sox (+ its MP3 format) to generate the Jellyfin
-# cast tests' audio.
+# cast tests' audio, and ffmpeg for what sox cannot encode (AAC in .m4a with its native encoder,
+# Opus with libopus). ffmpeg goes in without its Recommends (a separate apt call): those are
+# desktop and hardware-decoding extras the tests never use, and they make CI slower.
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 qemu-system-arm mtools fdisk xz-utils; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq || $SUDO apt-get update -qq -o Acquire::Retries=3 || true
-  $SUDO apt-get install -y -qq "${need_pkgs[@]}"
+  lean_pkgs=() other_pkgs=()
+  for pkg in "${need_pkgs[@]}"; do
+    case "$pkg" in
+      ffmpeg) lean_pkgs+=("$pkg") ;;
+      *) other_pkgs+=("$pkg") ;;
+    esac
+  done
+  if [ ${#other_pkgs[@]} -gt 0 ]; then $SUDO apt-get install -y -qq "${other_pkgs[@]}"; fi
+  if [ ${#lean_pkgs[@]} -gt 0 ]; then $SUDO apt-get install -y -qq --no-install-recommends "${lean_pkgs[@]}"; fi
 fi
 
 # Rust: the rustup toolchain with rustfmt and clippy.

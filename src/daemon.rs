@@ -227,6 +227,8 @@ async fn run_async(config: Config) -> ExitCode {
     ));
 
     let (jellyfin_state_tx, jellyfin_state_rx) = watch::channel(jellyfin::JellyfinState::Disabled);
+    // The cast player writes it, the status page reads it.
+    let cast_status = jellyfin::cast::CastStatusCell::new();
     if config.jellyfin.enabled {
         let cast = cast_output.map(|output| jellyfin::cast::CastSettings {
             output,
@@ -235,6 +237,7 @@ async fn run_async(config: Config) -> ExitCode {
             stream: jellyfin::cast::StreamSettings::default(),
             handover_wait: Duration::from_secs(3),
             progress_every: Duration::from_secs(10),
+            status: cast_status.clone(),
         });
         tokio::spawn(jellyfin::run(
             config.clone(),
@@ -256,6 +259,7 @@ async fn run_async(config: Config) -> ExitCode {
                     listener,
                     control.clone(),
                     jellyfin_state_rx,
+                    Some(cast_status),
                     boot_config,
                     shutdown_rx.clone(),
                 ));

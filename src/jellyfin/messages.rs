@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use log::debug;
 use serde_json::Value;
 
 use super::cast::{CastCommand, PlayCommand, PlayRequest, PlaybackOrder, RepeatMode};
@@ -80,7 +81,14 @@ fn play(data: &Value) -> Inbound {
         Some("PlayNow") | None => PlayCommand::PlayNow,
         Some("PlayNext") => PlayCommand::PlayNext,
         Some("PlayLast") => PlayCommand::PlayLast,
-        // PlayShuffle / PlayInstantMix need server-side queries the speaker does not make.
+        // The real server shuffles and expands instant mixes itself and sends PlayNow; these
+        // arrive only from other servers or older versions, so handle them defensively.
+        Some("PlayShuffle") => PlayCommand::PlayShuffle,
+        Some("PlayInstantMix") => {
+            // A mix is built from library queries the speaker does not make: play what came.
+            debug!("PlayInstantMix reached the speaker (the server did not expand the mix): playing the given items");
+            PlayCommand::PlayNow
+        }
         Some(_) => return Inbound::Ignore,
     };
     let item_ids: Vec<String> = data
@@ -358,7 +366,7 @@ mod tests {
         for junk in [
             r#"{"MessageType":"Play","Data":{"ItemIds":[]}}"#,
             r#"{"MessageType":"Play","Data":{"ItemIds":"a"}}"#,
-            r#"{"MessageType":"Play","Data":{"ItemIds":["a"],"PlayCommand":"PlayInstantMix"}}"#,
+            r#"{"MessageType":"Play","Data":{"ItemIds":["a"],"PlayCommand":"PlayEverything"}}"#,
             r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetRepeatMode","Arguments":{"RepeatMode":"Often"}}}"#,
         ] {
             assert_eq!(p(junk), Inbound::Ignore, "{junk}");
@@ -376,6 +384,44 @@ mod tests {
             Inbound::Cast(CastCommand::SetShuffle(PlaybackOrder::Shuffle))
         );
         assert_eq!(to_cast(&Command::Play), CastCommand::Unpause);
+    }
+
+    #[test]
+    fn play_shuffle_and_an_unexpanded_instant_mix_are_played() {
+        let r = p(
+            r#"{"MessageType":"Play","Data":{"ItemIds":["a","b","c"],"PlayCommand":"PlayShuffle","StartIndex":2,"ControllingUserId":"u1"}}"#,
+        );
+        assert_eq!(
+            r,
+            Inbound::Cast(CastCommand::Play(PlayRequest {
+                item_ids: vec!["a".into(), "b".into(), "c".into()],
+                command: PlayCommand::PlayShuffle,
+                start_index: 2,
+                start_position_ms: 0,
+                media_source_id: None,
+                user_id: Some("u1".into()),
+            }))
+        );
+        // An instant mix the server did not expand: the seed items, played now.
+        let r = p(
+            r#"{"MessageType":"Play","Data":{"ItemIds":["seed"],"PlayCommand":"PlayInstantMix"}}"#,
+        );
+        assert_eq!(
+            r,
+            Inbound::Cast(CastCommand::Play(PlayRequest {
+                item_ids: vec!["seed".into()],
+                command: PlayCommand::PlayNow,
+                start_index: 0,
+                start_position_ms: 0,
+                media_source_id: None,
+                user_id: None,
+            }))
+        );
+        assert_eq!(
+            p(r#"{"MessageType":"Play","Data":{"ItemIds":[],"PlayCommand":"PlayShuffle"}}"#),
+            Inbound::Ignore,
+            "nothing to shuffle"
+        );
     }
 
     #[test]

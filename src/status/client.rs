@@ -76,6 +76,47 @@ pub fn render(status: &Value) -> String {
         },
     );
     line("jellyfin", text(&status["jellyfin"]["state"]));
+    // The Jellyfin cast, once one has played since the daemon started.
+    let cast = &status["jellyfin"]["cast"];
+    if cast.is_object() {
+        line("cast", text(&cast["state"]));
+        if !cast["item_id"].is_null() {
+            line("cast item", text(&cast["item_id"]));
+            line(
+                "cast position",
+                format!(
+                    "{} / {}",
+                    seconds(&cast["position_seconds"]),
+                    seconds(&cast["duration_seconds"])
+                ),
+            );
+        }
+        // queue_index is 0-based in the JSON (like Jellyfin's StartIndex); people count from 1.
+        let queue = match cast["queue_index"].as_u64() {
+            Some(i) => format!("{} of {}", i + 1, text(&cast["queue_length"])),
+            None => format!("{} queued", text(&cast["queue_length"])),
+        };
+        line("cast queue", queue);
+        let repeat = match cast["repeat"].as_str() {
+            Some("RepeatNone") => "off".to_string(),
+            Some("RepeatAll") => "all".to_string(),
+            Some("RepeatOne") => "one".to_string(),
+            _ => text(&cast["repeat"]),
+        };
+        let shuffle = if cast["shuffle"] == Value::Bool(true) {
+            "on"
+        } else {
+            "off"
+        };
+        line("cast modes", format!("repeat {repeat}, shuffle {shuffle}"));
+        let failed = &cast["last_failed"];
+        if failed.is_object() {
+            line(
+                "cast failed",
+                format!("{}: {}", text(&failed["item_id"]), text(&failed["reason"])),
+            );
+        }
+    }
     // The SD image's boot partition settings: each value that could not be used.
     if let Some(problems) = status["boot_config"]["problems"].as_array() {
         let source = text(&status["boot_config"]["source"]);
@@ -93,4 +134,87 @@ pub fn render(status: &Value) -> String {
         }
     }
     out
+}
+
+/// `12.3 s`, or `-` when not known.
+fn seconds(v: &Value) -> String {
+    match v.as_f64() {
+        Some(s) => format!("{s:.1} s"),
+        None => "-".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "name": "Kitchen",
+            "volume_percent": 40.0,
+            "spotify": {"state": "connected", "reconnect_count": 0, "last_loss": null, "track": null},
+            "jellyfin": {"state": "connected", "server": "http://jf:8096"},
+        })
+    }
+
+    #[test]
+    fn no_cast_lines_before_a_cast() {
+        let text = render(&base());
+        assert!(text.contains("jellyfin         connected\n"), "{text}");
+        assert!(!text.contains("cast"), "{text}");
+    }
+
+    #[test]
+    fn a_playing_cast_shows_item_position_queue_modes_and_the_last_failure() {
+        let mut status = base();
+        status["jellyfin"]["cast"] = json!({
+            "state": "playing",
+            "item_id": "0123456789abcdef0123456789abcdef",
+            "position_seconds": 12.345,
+            "duration_seconds": 180.0,
+            "queue_index": 1,
+            "queue_length": 4,
+            "repeat": "RepeatAll",
+            "shuffle": true,
+            "last_failed": {"item_id": "fedcba9876543210fedcba9876543210", "reason": "stream: HTTP 500"},
+        });
+        let text = render(&status);
+        for want in [
+            "cast             playing\n",
+            "cast item        0123456789abcdef0123456789abcdef\n",
+            "cast position    12.3 s / 180.0 s\n",
+            "cast queue       2 of 4\n",
+            "cast modes       repeat all, shuffle on\n",
+            "cast failed      fedcba9876543210fedcba9876543210: stream: HTTP 500\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_stopped_cast_shows_no_item_and_an_unknown_duration_is_a_dash() {
+        let mut status = base();
+        status["jellyfin"]["cast"] = json!({
+            "state": "stopped", "item_id": null, "position_seconds": null,
+            "duration_seconds": null, "queue_index": null, "queue_length": 3,
+            "repeat": "RepeatNone", "shuffle": false, "last_failed": null,
+        });
+        let text = render(&status);
+        assert!(text.contains("cast             stopped\n"), "{text}");
+        assert!(text.contains("cast queue       3 queued\n"), "{text}");
+        assert!(
+            text.contains("cast modes       repeat off, shuffle off\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("cast item") && !text.contains("cast failed"),
+            "{text}"
+        );
+        status["jellyfin"]["cast"]["state"] = json!("paused");
+        status["jellyfin"]["cast"]["item_id"] = json!("ab");
+        status["jellyfin"]["cast"]["position_seconds"] = json!(3.0);
+        let text = render(&status);
+        assert!(text.contains("cast position    3.0 s / -\n"), "{text}");
+    }
 }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::audio::MAX_VOLUME;
 use crate::connect::control::{ControlHandle, SpeakerStatus};
+use crate::jellyfin::cast::{CastStatus, CastStatusCell};
 use crate::jellyfin::JellyfinState;
 
 /// Binds the listen address from the config.
@@ -40,15 +41,16 @@ pub async fn serve(
     jellyfin: watch::Receiver<JellyfinState>,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve_with_boot_config(listener, control, jellyfin, None, shutdown).await
+    serve_with_boot_config(listener, control, jellyfin, None, None, shutdown).await
 }
 
-/// [`serve`], also showing the SD image's boot-config report (read once: it only changes with
-/// a reboot).
+/// [`serve`], also showing the Jellyfin cast (when the daemon runs one) and the SD image's
+/// boot-config report (read once: it only changes with a reboot).
 pub async fn serve_with_boot_config(
     listener: TcpListener,
     control: ControlHandle,
     jellyfin: watch::Receiver<JellyfinState>,
+    cast: Option<CastStatusCell>,
     boot_config: Option<Value>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -69,14 +71,17 @@ pub async fn serve_with_boot_config(
         };
         let control = control.clone();
         let jellyfin = jellyfin.clone();
+        let cast = cast.clone();
         let boot_config = boot_config.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
+                let cast = cast.as_ref().and_then(CastStatusCell::snapshot);
                 let response = respond(
                     &request,
                     peer.ip(),
                     &control.status(),
                     &jellyfin.borrow(),
+                    cast.as_ref(),
                     boot_config.as_ref().as_ref(),
                 );
                 async move { Ok::<_, Infallible>(response) }
@@ -97,6 +102,7 @@ pub fn respond(
     peer: IpAddr,
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
+    cast: Option<&CastStatus>,
     boot_config: Option<&Value>,
 ) -> Response<Full<Bytes>> {
     route(
@@ -105,6 +111,7 @@ pub fn respond(
         peer,
         status,
         jellyfin,
+        cast,
         boot_config,
     )
 }
@@ -115,6 +122,7 @@ fn route(
     peer: IpAddr,
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
+    cast: Option<&CastStatus>,
     boot_config: Option<&Value>,
 ) -> Response<Full<Bytes>> {
     if !is_local(peer) {
@@ -130,7 +138,7 @@ fn route(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let json = status_json(status, jellyfin, boot_config);
+    let json = status_json(status, jellyfin, cast, boot_config);
     let (body, content_type) = match path {
         "/status.json" => (json.to_string(), "application/json"),
         "/" => (html(&json), "text/html; charset=utf-8"),
@@ -174,13 +182,19 @@ fn is_local(ip: IpAddr) -> bool {
     }
 }
 
-/// The JSON document (also what `pispeaker status` and `drop-test` read).
+/// The JSON document (also what `pispeaker status` and `drop-test` read). The cast, once one
+/// has played, is `jellyfin.cast`.
 pub fn status_json(
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
+    cast: Option<&CastStatus>,
     boot_config: Option<&Value>,
 ) -> Value {
     let percent = (f64::from(status.volume) * 100.0 / f64::from(MAX_VOLUME)).round();
+    let mut jellyfin = json!(jellyfin);
+    if let (Some(cast), Some(object)) = (cast, jellyfin.as_object_mut()) {
+        object.insert("cast".into(), json!(cast));
+    }
     json!({
         "name": status.name,
         "version": env!("CARGO_PKG_VERSION"),
@@ -255,6 +269,7 @@ mod tests {
                 code: "123456".into(),
             },
             None,
+            None,
         );
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = serde_json::from_str(&body(r)).unwrap();
@@ -265,6 +280,66 @@ mod tests {
         assert_eq!(v["volume_percent"], 50.0);
         assert_eq!(v["jellyfin"]["state"], "pairing");
         assert_eq!(v["jellyfin"]["code"], "123456");
+    }
+
+    #[test]
+    fn the_cast_is_under_jellyfin_once_one_played() {
+        use crate::jellyfin::cast::{CastPlayState, FailedItem};
+        let connected = JellyfinState::Connected {
+            server: "http://jf:8096".into(),
+        };
+        let v = status_json(&status(), &connected, None, None);
+        assert!(v["jellyfin"].get("cast").is_none(), "{v}");
+        let cast = CastStatus {
+            state: CastPlayState::Paused,
+            item_id: Some("0123456789abcdef0123456789abcdef".into()),
+            position_seconds: Some(61.5),
+            duration_seconds: Some(200.0),
+            queue_index: Some(2),
+            queue_length: 5,
+            repeat: "RepeatOne",
+            shuffle: false,
+            last_failed: Some(FailedItem {
+                item_id: "fedcba9876543210fedcba9876543210".into(),
+                reason: "decode error: bad header".into(),
+            }),
+        };
+        let r = route(
+            &Method::GET,
+            "/status.json",
+            LAN,
+            &status(),
+            &connected,
+            Some(&cast),
+            None,
+        );
+        let v: Value = serde_json::from_str(&body(r)).unwrap();
+        assert_eq!(
+            v["jellyfin"]["state"], "connected",
+            "the state is still there"
+        );
+        assert_eq!(v["jellyfin"]["server"], "http://jf:8096");
+        let c = &v["jellyfin"]["cast"];
+        assert_eq!(c["state"], "paused");
+        assert_eq!(c["item_id"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(c["position_seconds"], 61.5);
+        assert_eq!(c["duration_seconds"], 200.0);
+        assert_eq!(c["queue_index"], 2);
+        assert_eq!(c["queue_length"], 5);
+        assert_eq!(c["repeat"], "RepeatOne");
+        assert_eq!(c["shuffle"], false);
+        assert_eq!(c["last_failed"]["reason"], "decode error: bad header");
+        // And the page (the same text as `pispeaker status`).
+        let page = body(route(
+            &Method::GET,
+            "/",
+            LAN,
+            &status(),
+            &connected,
+            Some(&cast),
+            None,
+        ));
+        assert!(page.contains("cast queue       3 of 5"), "{page}");
     }
 
     #[test]
@@ -279,6 +354,7 @@ mod tests {
             LAN,
             &status(),
             &JellyfinState::Disabled,
+            None,
             Some(&report),
         );
         let v: Value = serde_json::from_str(&body(r)).unwrap();
@@ -289,6 +365,7 @@ mod tests {
             LAN,
             &status(),
             &JellyfinState::Disabled,
+            None,
             Some(&report),
         ));
         assert!(page.contains("wifi_country"), "{page}");
@@ -304,6 +381,7 @@ mod tests {
             &status(),
             &JellyfinState::Disabled,
             None,
+            None,
         ));
         assert!(page.contains("Kitchen &lt;b&gt;"));
         assert!(!page.contains("Kitchen <b>"));
@@ -318,6 +396,7 @@ mod tests {
             &status(),
             &JellyfinState::Disabled,
             None,
+            None,
         );
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let outside = IpAddr::V4(std::net::Ipv4Addr::new(8, 8, 8, 8));
@@ -327,6 +406,7 @@ mod tests {
             outside,
             &status(),
             &JellyfinState::Disabled,
+            None,
             None,
         );
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -340,6 +420,7 @@ mod tests {
             LAN,
             &status(),
             &JellyfinState::Disabled,
+            None,
             None,
         );
         assert_eq!(r.status(), StatusCode::NOT_FOUND);

@@ -7,7 +7,11 @@
 //!
 //! Audio: `/Audio/{id}/universal` serves media the test registered (files it generated), with
 //! `Range` support like the real server's static streams, optional throttling and a one-time
-//! stall mid-body, a 500 item, and every request's URL and headers recorded.
+//! stall mid-body, a 500 item, and every request's URL and headers recorded. An item registered
+//! with its container and codec gets the real server's decision: the original file when the
+//! request's `Container` list (`container` or `container|codec` entries) allows it, else the
+//! transcode the test registered for it (which the fake cannot make itself), served like a
+//! progressive transcode; each request records which was served.
 //!
 //! Timings scale with `scale` so a test can run ten server minutes in thirty seconds; 1.0 is the
 //! real server's 60 s. What the server saw is exposed for assertions.
@@ -122,6 +126,23 @@ pub struct Media {
     pub no_ranges: bool,
     /// Every response breaks off after this many bytes (a server dropping idle connections).
     pub cut_every: Option<u64>,
+    /// The original's container as the server's library reports it (ffprobe's format name, which
+    /// may be a list such as `mov,mp4,m4a,3gp,3g2,mj2`) and its audio codec. `None`: the item is
+    /// always served as it is, whatever the request asks (the older tests' items).
+    pub container: Option<String>,
+    pub codec: Option<String>,
+    /// What the server's transcoder would send when the request's `Container` list does not
+    /// allow the original: always served as a progressive transcode (no length, no ranges).
+    pub transcode: Option<Box<Media>>,
+}
+
+/// Which body `/Audio/{id}/universal` sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Original,
+    Transcode,
+    /// 404, 500, or a transcode was needed and none was registered.
+    Nothing,
 }
 
 /// One audio request as the server saw it.
@@ -132,6 +153,40 @@ pub struct AudioRequest {
     pub authorization: Option<String>,
     pub range: Option<String>,
     pub at: Instant,
+    pub served: Served,
+}
+
+/// The real server's choice between the original and a transcode (`UniversalAudioController`
+/// turns each `Container` entry into a direct-play profile: `container` or `container|codec`):
+/// direct when an entry names one of the item's containers and, if it names a codec, the item's
+/// codec. No `Container` parameter at all means no direct-play profile: a transcode.
+pub fn direct_play_allowed(query: &str, container: &str, codec: Option<&str>) -> bool {
+    let Some(list) = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "Container")
+        .and_then(|(_, value)| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .ok()
+        })
+    else {
+        return false;
+    };
+    let item_containers: Vec<String> = container
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    list.split(',').any(|entry| {
+        let mut parts = entry.split('|').map(|p| p.trim().to_ascii_lowercase());
+        let Some(wanted) = parts.next() else {
+            return false;
+        };
+        let codecs: Vec<String> = parts.collect();
+        item_containers.contains(&wanted)
+            && (codecs.is_empty()
+                || codec.is_some_and(|c| codecs.iter().any(|w| w.eq_ignore_ascii_case(c))))
+    })
 }
 
 /// What the server saw.
@@ -308,6 +363,39 @@ fn audio(
         .map(str::to_string);
     let (media, stall) = {
         let mut s = seen.lock().unwrap();
+        let registered = s.media.get(id).cloned();
+        let (media, served) = match registered {
+            None => (None, Served::Nothing),
+            Some(m) if m.fail => (Some(m), Served::Nothing),
+            Some(m) => match m.container.as_deref() {
+                Some(container) if !direct_play_allowed(query, container, m.codec.as_deref()) => {
+                    match m.transcode {
+                        // A progressive transcode: chunked, no length, no ranges.
+                        Some(t) => (
+                            Some(Media {
+                                no_ranges: true,
+                                ..*t
+                            }),
+                            Served::Transcode,
+                        ),
+                        // The test forgot one: a 500, and the tests' bad_requests check fails.
+                        None => {
+                            s.bad_requests
+                                .push(format!("{id} needs a transcode and none is registered"));
+                            (
+                                Some(Media {
+                                    fail: true,
+                                    transcode: None,
+                                    ..m
+                                }),
+                                Served::Nothing,
+                            )
+                        }
+                    }
+                }
+                _ => (Some(m), Served::Original),
+            },
+        };
         s.audio_requests.push(AudioRequest {
             item_id: id.to_string(),
             query: query.to_string(),
@@ -318,8 +406,9 @@ fn audio(
                 .map(str::to_string),
             range: range.clone(),
             at: Instant::now(),
+            served,
         });
-        let Some(media) = s.media.get(id).cloned() else {
+        let Some(media) = media else {
             return respond(StatusCode::NOT_FOUND, Value::Null);
         };
         let first = !s.stalled.iter().any(|x| x == id);

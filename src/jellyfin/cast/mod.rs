@@ -2,7 +2,7 @@
 //!
 //! `queue` is the pure queue logic, `stream` the HTTP byte source with its bounded read-ahead,
 //! `decode` symphonia, `output` the PCM (ALSA, or a capture for tests), `report` the playback
-//! reports, and `player` ties them together: one task for control, one thread for audio. The
+//! reports, `snapshot` what the status page shows, and `player` ties them together: one task for control, one thread for audio. The
 //! audio device is shared with Spotify through [`crate::audio::AudioDeviceLock`]: never two
 //! streams into one PCM.
 
@@ -12,10 +12,12 @@ mod output;
 mod player;
 mod queue;
 mod report;
+mod snapshot;
 mod stream;
 
 pub use decode::{DecodeError, PcmFormat, TrackDecoder};
 pub use output::{AlsaOutput, CaptureOutput, Captured, OutputFactory, PcmOutput};
 pub use player::{spawn, CastCommand, CastHandle, CastSettings, CastStats, PlayRequest};
 pub use queue::{PlayCommand, PlaybackOrder, Queue, QueueItem, RepeatMode};
+pub use snapshot::{CastPlayState, CastStatus, CastStatusCell, FailedItem};
 pub use stream::{HttpSource, StreamSettings};

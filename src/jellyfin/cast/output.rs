@@ -211,7 +211,13 @@ impl PcmOutput for CaptureOutput {
         self.with(|c| {
             c.open = true;
             c.opens += 1;
-            c.segments.push((format, Vec::new()));
+            // A track change discards (an empty segment in the old format) and then opens in
+            // the new format: that empty segment becomes the new one, so segments stay one per
+            // track whatever the rates.
+            match c.segments.last_mut() {
+                Some(last) if last.1.is_empty() => last.0 = format,
+                _ => c.segments.push((format, Vec::new())),
+            }
         });
         Ok(())
     }
@@ -333,6 +339,29 @@ mod tests {
         assert!(!c.open);
         assert_eq!(c.segments[0].1.len(), 1010);
         assert_eq!(c.segments[1].1.len(), 10, "split at the discard");
+    }
+
+    #[test]
+    fn a_track_at_another_rate_is_one_segment_in_its_own_format() {
+        let log = Arc::new(Mutex::new(Captured::default()));
+        let mut out = CaptureOutput::new(log.clone(), None);
+        let cd = PcmFormat {
+            rate: 44_100,
+            channels: 2,
+        };
+        let opus = PcmFormat {
+            rate: 48_000,
+            channels: 2,
+        };
+        out.open(cd).unwrap();
+        out.write(&[1; 8]).unwrap();
+        // The player's track change: discard, then open at the next track's rate.
+        out.discard();
+        out.open(opus).unwrap();
+        out.write(&[2; 4]).unwrap();
+        let c = log.lock().unwrap();
+        assert_eq!(c.segments, [(cd, vec![1; 8]), (opus, vec![2; 4])]);
+        assert_eq!(c.opens, 2);
     }
 
     #[test]

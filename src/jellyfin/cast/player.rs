@@ -26,6 +26,7 @@ use super::decode::TrackDecoder;
 use super::output::{OutputFactory, PcmOutput};
 use super::queue::{PlayCommand, PlaybackOrder, Queue, QueueItem, RepeatMode};
 use super::report::{self, CastState};
+use super::snapshot::{CastPlayState, CastStatus, CastStatusCell, FailedItem};
 use super::stream::{HttpSource, StreamSettings};
 use crate::audio::{AudioDeviceLock, DeviceBusy, DeviceGuard, Holder, MAX_VOLUME};
 use crate::connect::control::{Command, ControlHandle};
@@ -43,6 +44,9 @@ pub struct CastSettings {
     /// How long to wait for Spotify's sink to let go after asking it to pause.
     pub handover_wait: Duration,
     pub progress_every: Duration,
+    /// Where the player publishes what the status page shows (the daemon hands a clone of the
+    /// same cell to the status server).
+    pub status: CastStatusCell,
 }
 
 impl std::fmt::Debug for CastSettings {
@@ -154,6 +158,8 @@ pub fn spawn(
         stats: stats.clone(),
     };
     let (audio_events_tx, audio_events) = mpsc::unbounded_channel();
+    // The status page reads the same atomic, so it shows the position live.
+    let position = settings.status.position();
     let player = Player {
         queue: Queue::new(rand::random()),
         settings,
@@ -165,12 +171,13 @@ pub fn spawn(
         audio_events_tx,
         now: None,
         generation: 0,
-        position: Arc::new(AtomicU64::new(0)),
+        position,
         underruns: Arc::new(AtomicU64::new(0)),
         active: active_tx,
         stats,
         media_source_id: None,
         user: None,
+        last_failed: None,
     };
     tokio::spawn(player.run(rx, audio_events, shutdown));
     handle
@@ -204,6 +211,8 @@ enum FromAudio {
     Started {
         generation: u64,
         at: Instant,
+        /// The item's length, when the stream says.
+        duration: Option<Duration>,
     },
     Seeked {
         generation: u64,
@@ -234,6 +243,8 @@ struct Now {
     started: bool,
     paused: bool,
     requested_at: Instant,
+    /// From the decoder, once the first frame played.
+    duration: Option<Duration>,
 }
 
 struct Player {
@@ -257,6 +268,8 @@ struct Player {
     media_source_id: Option<(String, String)>,
     /// ControllingUserId of the last `Play`: the server streams as that user.
     user: Option<String>,
+    /// For the status page: the last item that failed and why.
+    last_failed: Option<FailedItem>,
 }
 
 /// Volume step for VolumeUp/VolumeDown: 1/32 of the range, about what the Spotify app steps.
@@ -273,10 +286,16 @@ impl Player {
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => self.on_command(command, Instant::now()).await,
+                    Some(command) => {
+                        self.on_command(command, Instant::now()).await;
+                        self.publish();
+                    }
                     None => break,
                 },
-                Some(event) = audio_events.recv() => self.on_audio(event).await,
+                Some(event) = audio_events.recv() => {
+                    self.on_audio(event).await;
+                    self.publish();
+                }
                 _ = tick.tick() => {
                     if self.now.as_ref().is_some_and(|n| n.started && !n.paused) {
                         self.report_progress();
@@ -286,6 +305,46 @@ impl Player {
             }
         }
         self.stop(false).await;
+        self.publish();
+    }
+
+    /// Updates the status page's snapshot (after every command and audio event: cheap, and
+    /// nothing that changes the state happens anywhere else). Nothing before the first `Play`.
+    fn publish(&self) {
+        // Every attempt to play an item takes a generation: 0 means no Play yet.
+        if self.generation == 0 {
+            return;
+        }
+        let active = *self.active.borrow();
+        let state = match &self.now {
+            _ if !active => CastPlayState::Stopped,
+            Some(now) if now.paused => CastPlayState::Paused,
+            // Also between items, while the next stream opens.
+            _ => CastPlayState::Playing,
+        };
+        let playing = state != CastPlayState::Stopped;
+        let item_id = self
+            .now
+            .as_ref()
+            .map(|n| n.item.id.clone())
+            .or_else(|| self.queue.current().map(|c| c.id.clone()))
+            .filter(|_| playing);
+        self.settings.status.publish(CastStatus {
+            state,
+            item_id,
+            position_seconds: None,
+            duration_seconds: self
+                .now
+                .as_ref()
+                .and_then(|n| n.duration)
+                .filter(|_| playing)
+                .map(|d| d.as_secs_f64()),
+            queue_index: self.queue.current_index().filter(|_| playing),
+            queue_length: self.queue.items().len(),
+            repeat: self.queue.repeat.as_str(),
+            shuffle: self.queue.playback_order() == PlaybackOrder::Shuffle,
+            last_failed: self.last_failed.clone(),
+        });
     }
 
     fn stat(&self, f: impl FnOnce(&mut CastStats)) {
@@ -363,14 +422,21 @@ impl Player {
             self.user = request.user_id;
         }
         let first = ids.get(request.start_index.min(ids.len() - 1)).cloned();
-        if request.command == PlayCommand::PlayNow {
+        if request.command.replaces_queue() {
             self.end_current(false).await;
         }
         let restart = self.queue.play(request.command, &ids, request.start_index);
         if restart {
             self.end_current(false).await;
+            // StartPositionTicks and MediaSourceId belong to the item at StartIndex: after a
+            // PlayShuffle another item may come first, and it starts from its beginning.
+            let start_ms = if self.queue.current().map(|c| &c.id) == first.as_ref() {
+                request.start_position_ms
+            } else {
+                0
+            };
             self.media_source_id = request.media_source_id.zip(first);
-            self.start_current(request.start_position_ms, at).await;
+            self.start_current(start_ms, at).await;
         } else {
             self.report_progress();
         }
@@ -496,6 +562,7 @@ impl Player {
                 started: false,
                 paused: false,
                 requested_at: at,
+                duration: None,
             };
             match self.open_stream(&now, start_ms).await {
                 Ok(source) => {
@@ -531,6 +598,10 @@ impl Player {
     async fn item_failed(&mut self, now: &Now, why: &str) {
         warn!("cast: item {} failed: {why}; skipping it", now.item.id);
         self.stat(|s| s.failed_items.push(now.item.id.clone()));
+        self.last_failed = Some(FailedItem {
+            item_id: now.item.id.clone(),
+            reason: why.to_string(),
+        });
         let report = report::stopped(&self.state(now), true);
         self.send_report(report).await;
     }
@@ -624,9 +695,14 @@ impl Player {
     async fn on_audio(&mut self, event: FromAudio) {
         let current = self.now.as_ref().map(|n| n.generation);
         match event {
-            FromAudio::Started { generation, at } if current == Some(generation) => {
+            FromAudio::Started {
+                generation,
+                at,
+                duration,
+            } if current == Some(generation) => {
                 let Some(now) = self.now.as_mut() else { return };
                 now.started = true;
+                now.duration = duration;
                 let latency = at.saturating_duration_since(now.requested_at);
                 info!(
                     "cast: playing item {} ({} ms from the command to the first frame)",
@@ -680,6 +756,12 @@ impl Player {
                 }
                 if let Some(e) = &error {
                     warn!("cast: audio device failed: {e}");
+                    if let Some(now) = &self.now {
+                        self.last_failed = Some(FailedItem {
+                            item_id: now.item.id.clone(),
+                            reason: format!("audio device: {e}"),
+                        });
+                    }
                 }
                 // The thread is gone: only a new Play opens the device again. If we had not
                 // told it to close (a preemption, a device failure), the cast ends here.
@@ -714,6 +796,8 @@ struct Track {
     base: Duration,
     frames: u64,
     started: bool,
+    /// The item's length (the stream's, plus where it started for a transcode started late).
+    duration: Option<Duration>,
 }
 
 impl Track {
@@ -823,6 +907,7 @@ impl AudioThread {
                         let _ = self.events.send(FromAudio::Started {
                             generation: t.generation,
                             at: Instant::now(),
+                            duration: t.duration,
                         });
                     }
                     let delay = self.output.delay_frames();
@@ -870,6 +955,8 @@ impl AudioThread {
                 return Err(None);
             }
         };
+        // A transcode started at StartTimeTicks is the rest of the item: add where it starts.
+        let duration = decoder.duration().map(|d| d + base);
         let mut base = base;
         if let Some(to) = seek_to {
             match decoder.seek(to) {
@@ -888,6 +975,7 @@ impl AudioThread {
             base,
             frames: 0,
             started: false,
+            duration,
         })
     }
 

@@ -16,11 +16,24 @@ pub struct QueueItem {
 }
 
 /// How `Play` adds items (Jellyfin's `PlayCommand`).
+///
+/// `PlayInstantMix` has no variant: the speaker cannot build a mix (that needs the server's
+/// library queries), so the parser turns it into `PlayNow` of the ids it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlayCommand {
     PlayNow,
     PlayNext,
     PlayLast,
+    /// Replace the queue with the items in a random order and turn shuffle on. The real server
+    /// shuffles itself and sends `PlayNow`; other servers and older versions may pass it on.
+    PlayShuffle,
+}
+
+impl PlayCommand {
+    /// True when the command replaces the queue (and ends what plays now).
+    pub fn replaces_queue(self) -> bool {
+        matches!(self, Self::PlayNow | Self::PlayShuffle)
+    }
 }
 
 /// Jellyfin's `RepeatMode`.
@@ -116,12 +129,25 @@ impl Queue {
     }
 
     /// Adds items as `Play` asks. Returns true when the current item changed (start playing it).
+    /// `start_index` means nothing to `PlayShuffle`: the first item of the shuffled order plays.
     pub fn play(&mut self, command: PlayCommand, ids: &[String], start_index: usize) -> bool {
         if ids.is_empty() {
             return false;
         }
         let entries = self.entries(ids);
         match (command, self.current) {
+            (PlayCommand::PlayShuffle, _) => {
+                // The given order stays the user's order, so turning shuffle off later plays
+                // the items as they were sent, from the one playing then.
+                self.original = entries;
+                self.order = self.original.clone();
+                self.current = None;
+                self.playback_order = PlaybackOrder::Shuffle;
+                // Nothing is current yet, so every item takes part in the shuffle.
+                self.shuffle_around_current();
+                self.current = Some(0);
+                true
+            }
             (PlayCommand::PlayNow, _) | (_, None) => {
                 let start = start_index.min(entries.len() - 1);
                 self.original = entries;
@@ -155,6 +181,11 @@ impl Queue {
 
     pub fn current(&self) -> Option<&QueueItem> {
         self.current.and_then(|i| self.order.get(i))
+    }
+
+    /// Where the current item is in play order (0-based), for the status page.
+    pub fn current_index(&self) -> Option<usize> {
+        self.current.filter(|i| *i < self.order.len())
     }
 
     /// The track ended by itself: what plays next (`RepeatOne` repeats, `RepeatAll` wraps).
@@ -265,6 +296,7 @@ mod tests {
         assert!(q.play(PlayCommand::PlayNow, &ids(&["x"]), 7));
         assert_eq!(order(&q), ["x"]);
         assert_eq!(cur(&q), Some("x"), "StartIndex is clamped");
+        assert_eq!(q.current_index(), Some(0));
         // PlayNext or PlayLast with nothing playing starts playing.
         let mut empty = Queue::new(1);
         assert!(empty.play(PlayCommand::PlayLast, &ids(&["p"]), 0));
@@ -288,6 +320,7 @@ mod tests {
         assert_eq!(q.previous().map(|e| e.id.clone()), Some("b".into()));
         q.repeat = RepeatMode::RepeatNone;
         assert!(q.on_track_end().is_none(), "the end of the queue");
+        assert_eq!(q.current_index(), None);
         assert!(q.skip().is_none());
         q.play(PlayCommand::PlayNow, &ids(&["a", "b"]), 0);
         assert_eq!(
@@ -330,6 +363,59 @@ mod tests {
         q.set_playback_order(PlaybackOrder::Shuffle);
         q.play(PlayCommand::PlayNow, &names, 3);
         assert_eq!(cur(&q), Some("t3"));
+    }
+
+    #[test]
+    fn play_shuffle_replaces_the_queue_in_a_random_order_and_turns_shuffle_on() {
+        let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let mut q = Queue::new(3);
+        q.play(PlayCommand::PlayNow, &ids(&["old1", "old2"]), 0);
+        assert!(q.play(PlayCommand::PlayShuffle, &names, 7));
+        assert_eq!(q.playback_order(), PlaybackOrder::Shuffle);
+        let shuffled: Vec<String> = order(&q).iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            cur(&q),
+            Some(shuffled[0].as_str()),
+            "the first of the new order plays"
+        );
+        assert_ne!(
+            shuffled, names,
+            "20 items do not shuffle into the same order"
+        );
+        let mut sorted = shuffled.clone();
+        sorted.sort();
+        let mut all = names.clone();
+        all.sort();
+        assert_eq!(
+            sorted, all,
+            "the old queue is gone, nothing lost or duplicated"
+        );
+        // Another seed, another order: the order comes from the generator, not from the ids.
+        let mut other = Queue::new(4);
+        other.play(PlayCommand::PlayShuffle, &names, 0);
+        assert_ne!(order(&other), order(&q));
+        // Every item plays once, in the reported order, then the queue ends.
+        let mut played = vec![cur(&q).unwrap().to_string()];
+        while let Some(next) = q.on_track_end() {
+            played.push(next.id.clone());
+        }
+        assert_eq!(played, shuffled);
+        // Shuffle off: the order the items were sent in, at the item playing then.
+        q.play(PlayCommand::PlayShuffle, &names, 0);
+        q.skip();
+        let now = cur(&q).unwrap().to_string();
+        q.set_playback_order(PlaybackOrder::Default);
+        assert_eq!(
+            order(&q),
+            names.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(cur(&q), Some(now.as_str()));
+        // One item, and an empty request, behave.
+        assert!(q.play(PlayCommand::PlayShuffle, &ids(&["solo"]), 0));
+        assert_eq!(order(&q), ["solo"]);
+        assert!(!q.play(PlayCommand::PlayShuffle, &[], 0));
+        assert!(PlayCommand::PlayShuffle.replaces_queue() && PlayCommand::PlayNow.replaces_queue());
+        assert!(!PlayCommand::PlayNext.replaces_queue() && !PlayCommand::PlayLast.replaces_queue());
     }
 
     #[test]
