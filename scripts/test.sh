@@ -54,7 +54,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 started=$(date +%s)
 
 # The SD image's root file system (mmdebstrap of Debian armhf, every maintainer script under
-# qemu-user) takes ~18 min of mostly one core. It needs nothing from this checkout's build, so
+# qemu-user) takes ~12 min of mostly one core. It needs nothing from this checkout's build, so
 # it runs in the background, niced so the timing-sensitive tests keep their CPU, while the
 # checks below run; the image stage waits for it. Everything apt installs (the armv7 toolchain,
 # the image's host tools) is installed first: two apt runs at once would fight over the lock.

@@ -228,39 +228,60 @@ mod tests {
         let lock = AudioDeviceLock::new();
         let open = Arc::new(AtomicUsize::new(0));
         let max = Arc::new(AtomicUsize::new(0));
-        let uses = Arc::new(AtomicUsize::new(0));
         let use_device = {
-            let (open, max, uses) = (open.clone(), max.clone(), uses.clone());
+            let (open, max) = (open.clone(), max.clone());
             move || {
                 let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                 max.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_micros(200));
                 open.fetch_sub(1, Ordering::SeqCst);
-                uses.fetch_add(1, Ordering::SeqCst);
             }
         };
+        // All four start together, so they really overlap (under emulation on a loaded machine
+        // threads otherwise tend to run one after another).
+        let start = Arc::new(std::sync::Barrier::new(4));
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let lock = lock.clone();
                 let use_device = use_device.clone();
+                let start = start.clone();
                 std::thread::spawn(move || {
+                    start.wait();
+                    let (mut used, mut refused) = (0usize, 0usize);
                     for _ in 0..200 {
                         let guard = if i % 2 == 0 {
                             lock.acquire_spotify(Duration::from_millis(20)).ok()
                         } else {
                             lock.try_acquire_cast().ok()
                         };
-                        if let Some(_guard) = guard {
-                            use_device();
+                        match guard {
+                            Some(_guard) => {
+                                use_device();
+                                used += 1;
+                            }
+                            None => refused += 1,
                         }
                     }
+                    (i % 2 == 0, used, refused)
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(max.load(Ordering::SeqCst), 1, "two users at once");
+        // Both sides got the device (how often depends on scheduling, which a loaded machine or
+        // qemu changes a lot: no count is asserted beyond "some").
+        for spotify in [true, false] {
+            let used: usize = results
+                .iter()
+                .filter(|r| r.0 == spotify)
+                .map(|r| r.1)
+                .sum();
+            assert!(used > 0, "spotify side {spotify}: never got the device");
         }
-        assert_eq!(max.load(Ordering::SeqCst), 1);
-        assert!(uses.load(Ordering::SeqCst) > 100, "the lock was contended");
+        let refused: usize = results.iter().map(|r| r.2).sum();
+        println!(
+            "device used {} times, refused {refused} times",
+            results.iter().map(|r| r.1).sum::<usize>()
+        );
     }
 }

@@ -56,4 +56,22 @@ out "amixer=$(amixer -c 0 sget "$control" | grep -m1 -o '\[[-0-9.]*dB\]' | head 
 ss -ltnupH | while IFS= read -r line; do out "listen $line"; done
 journal | tail -n 40 | while IFS= read -r line; do out "journal $line"; done
 systemctl --failed --no-legend --plain | while IFS= read -r line; do out "failed $line"; done
+
+# The host now casts a track from its fake Jellyfin server: wait until the speaker's own status
+# says the cast plays, then measure the daemon over 3 s of it (CPU of one guest core, memory).
+out "cast-ready"
+i=0
+while [ $i -lt 240 ]; do
+  pispeaker status 2>/dev/null | awk '$1 == "cast" && $2 == "playing" { found = 1 } END { exit !found }' && break
+  sleep 0.5
+  i=$((i + 1))
+done
+out "cast_status=$(pispeaker status 2>/dev/null | awk '$1 == "cast" { $1 = ""; sub(/^ +/, ""); printf "%s%s", sep, $0; sep = "; " }')"
+pid=$(systemctl show -p MainPID --value pispeaker.service)
+ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+t0=$(ticks); u0=$(cut -d' ' -f1 /proc/uptime)
+sleep 3
+t1=$(ticks); u1=$(cut -d' ' -f1 /proc/uptime)
+out "cast_cpu=$(awk -v t0="$t0" -v t1="$t1" -v u0="$u0" -v u1="$u1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (t1 - t0) / hz / (u1 - u0) * 100 }')"
+out "cast_rss_kb=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")"
 out "done"
