@@ -271,11 +271,7 @@ mod tests {
         // Both sides got the device (how often depends on scheduling, which a loaded machine or
         // qemu changes a lot: no count is asserted beyond "some").
         for spotify in [true, false] {
-            let used: usize = results
-                .iter()
-                .filter(|r| r.0 == spotify)
-                .map(|r| r.1)
-                .sum();
+            let used: usize = results.iter().filter(|r| r.0 == spotify).map(|r| r.1).sum();
             assert!(used > 0, "spotify side {spotify}: never got the device");
         }
         let refused: usize = results.iter().map(|r| r.2).sum();
