@@ -32,6 +32,7 @@ use pispeaker::jellyfin::cast::{
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
 use support::fake_jellyfin::{FakeJellyfin, Media, Served};
+use support::signal::ncc;
 use support::wait::until;
 use tokio::sync::watch;
 
@@ -245,20 +246,6 @@ fn left(samples: &[i16]) -> Vec<f64> {
     samples.iter().step_by(2).map(|s| f64::from(*s)).collect()
 }
 
-fn ncc(a: &[f64], b: &[f64]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa * bb).sqrt()
-    }
-}
-
 /// Where in `reference` (frame offset within `search`) the window best matches, and how well.
 fn locate(window: &[f64], reference: &[f64], search: std::ops::Range<usize>) -> (usize, f64) {
     let mut best = (search.start, f64::MIN);
@@ -272,6 +259,31 @@ fn locate(window: &[f64], reference: &[f64], search: std::ops::Range<usize>) -> 
         }
     }
     best
+}
+
+/// Plays `id` from the start, sends Seek to 2.0 s once it has played for `after`, lets it play
+/// out, and finds the first 50 ms after the seek in `reference` (the source's left channel):
+/// how far from 2.0 s it landed, in ms, and how well it matched.
+async fn seek_to_2_s_mid_play(
+    s: &Speaker,
+    id: &str,
+    after: Duration,
+    reference: &[f64],
+) -> (f64, f64) {
+    s.play(&[id], "PlayNow", 0, 0);
+    until(Duration::from_secs(3), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    tokio::time::sleep(after).await;
+    s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    let segments = s.segments();
+    assert!(segments.len() >= 2, "a split at the seek");
+    let (_, played) = segments.last().unwrap();
+    let window = &left(played)[..RATE / 20];
+    let (at, corr) = locate(window, reference, RATE * 17 / 10..RATE * 23 / 10);
+    ((at as f64 / RATE as f64 - 2.0) * 1000.0, corr)
 }
 
 /// Aligns `got` with `reference` (within ±2048 frames: decoder delay) and returns the
@@ -946,20 +958,8 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     .await;
     let id = guid();
     s.fake.add_media(&id, m4a_media);
-    s.play(&[&id], "PlayNow", 0, 0);
-    until(Duration::from_secs(3), "playing", || {
-        !s.reports("/Sessions/Playing").is_empty()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
-    s.wait_stopped(1, Duration::from_secs(5)).await;
-    let segments = s.segments();
-    assert!(segments.len() >= 2, "a split at the seek");
-    let (_, after) = segments.last().unwrap();
-    let window = &left(after)[..RATE / 20];
-    let (at, corr) = locate(window, &reference, RATE * 17 / 10..RATE * 23 / 10);
-    let off_ms = (at as f64 / RATE as f64 - 2.0) * 1000.0;
+    let (off_ms, corr) =
+        seek_to_2_s_mid_play(&s, &id, Duration::from_millis(150), &reference).await;
     println!("m4a: Seek to 2.0 s landed {off_ms:+.1} ms off (correlation {corr:.4})");
     assert!(corr > 0.95 && off_ms.abs() < 100.0, "{off_ms} ms, {corr}");
     assert!((off_ms + lead_in_ms).abs() < 5.0, "m4a: {off_ms} ms off");
@@ -1018,20 +1018,8 @@ async fn start_position_and_seek_land_within_100_ms() {
     let id = guid();
     s.fake
         .add_media(&id, media(&fx.files["flac"], "audio/flac"));
-    s.play(&[&id], "PlayNow", 0, 0);
-    until(Duration::from_secs(3), "playing", || {
-        !s.reports("/Sessions/Playing").is_empty()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
-    s.wait_stopped(1, Duration::from_secs(5)).await;
-    let segments = s.segments();
-    assert!(segments.len() >= 2, "a split at the seek");
-    let (_, after) = segments.last().unwrap();
-    let window = &left(after)[..RATE / 20];
-    let (at, corr) = locate(window, &reference, RATE * 17 / 10..RATE * 23 / 10);
-    let off_ms = (at as f64 / RATE as f64 - 2.0) * 1000.0;
+    let (off_ms, corr) =
+        seek_to_2_s_mid_play(&s, &id, Duration::from_millis(300), &reference).await;
     println!("Seek to 2.0 s landed {off_ms:+.1} ms off (correlation {corr:.4})");
     assert!(corr > 0.99 && off_ms.abs() < 100.0, "{off_ms} ms, {corr}");
     let progress = s.reports("/Sessions/Playing/Progress");

@@ -17,6 +17,8 @@
 
 #[path = "../support/fake_jellyfin.rs"]
 mod fake_jellyfin;
+#[path = "../support/signal.rs"]
+mod signal;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use fake_jellyfin::{FakeJellyfin, Media};
 use serde_json::Value;
+use signal::ncc;
 
 #[derive(Parser)]
 #[command(about = "Fake Jellyfin server and capture comparison for the image boot test")]
@@ -273,21 +276,6 @@ fn read_raw(path: &Path) -> Result<Vec<f64>, String> {
         .chunks_exact(2)
         .map(|b| f64::from(i16::from_le_bytes([b[0], b[1]])))
         .collect())
-}
-
-/// Normalized cross-correlation of `a` with `b` (same length).
-fn ncc(a: &[f64], b: &[f64]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa * bb).sqrt()
-    }
 }
 
 /// The capture is silent until the cast starts (nothing else plays in the guest), so the first
