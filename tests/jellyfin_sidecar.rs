@@ -137,10 +137,12 @@ async fn registration_is_visible_within_2_s_with_the_right_identity_and_capabili
         assert_eq!(seen.legacy_auth_refused, 0);
         assert!(seen.bad_requests.is_empty(), "{:?}", seen.bad_requests);
     }
-    assert!(matches!(
-        &*sidecar.state.borrow(),
-        JellyfinState::Connected { .. }
-    ));
+    // The server can see the second capabilities post a moment before the sidecar's task
+    // publishes its state (on a loaded machine, a scheduling slice later).
+    until(Duration::from_secs(2), "the sidecar says Connected", || {
+        matches!(&*sidecar.state.borrow(), JellyfinState::Connected { .. })
+    })
+    .await;
     sidecar.stop().await;
 }
 
@@ -441,11 +443,10 @@ async fn a_down_server_never_blocks_the_control_handle() {
             .ok();
         assert!(started.elapsed() < Duration::from_millis(50));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(matches!(
-        &*sidecar.state.borrow(),
-        JellyfinState::Retrying { .. }
-    ));
+    until(Duration::from_secs(5), "the sidecar says Retrying", || {
+        matches!(&*sidecar.state.borrow(), JellyfinState::Retrying { .. })
+    })
+    .await;
     assert_eq!(sidecar.control.status().name, "Living Room");
     sidecar.stop().await;
 }
