@@ -268,16 +268,12 @@ mod tests {
             .collect();
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(max.load(Ordering::SeqCst), 1, "two users at once");
-        // Both sides got the device (how often depends on scheduling, which a loaded machine or
-        // qemu changes a lot: no count is asserted beyond "some").
-        for spotify in [true, false] {
-            let used: usize = results.iter().filter(|r| r.0 == spotify).map(|r| r.1).sum();
-            assert!(used > 0, "spotify side {spotify}: never got the device");
-        }
+        // The device was used (how often, and by which side, depends on scheduling, which a
+        // loaded machine or qemu changes a lot; Spotify waits and wins, the cast only tries, so
+        // the cast side may never get it). Exclusivity above is the invariant.
+        let used: usize = results.iter().map(|r| r.1).sum();
         let refused: usize = results.iter().map(|r| r.2).sum();
-        println!(
-            "device used {} times, refused {refused} times",
-            results.iter().map(|r| r.1).sum::<usize>()
-        );
+        assert!(used > 0, "nobody ever got the device");
+        println!("device used {used} times, refused {refused} times");
     }
 }
