@@ -274,6 +274,13 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The ids in sorted order: two queues hold the same items when these are equal.
+    fn sorted(ids: &[String]) -> Vec<String> {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids
+    }
+
     fn order(q: &Queue) -> Vec<&str> {
         q.items().iter().map(|e| e.id.as_str()).collect()
     }
@@ -346,11 +353,11 @@ mod tests {
             shuffled, names,
             "20 items do not shuffle into the same order"
         );
-        let mut sorted = shuffled.clone();
-        sorted.sort();
-        let mut all = names.clone();
-        all.sort();
-        assert_eq!(sorted, all, "nothing lost or duplicated");
+        assert_eq!(
+            sorted(&shuffled),
+            sorted(&names),
+            "nothing lost or duplicated"
+        );
         q.skip();
         let now = cur(&q).unwrap().to_string();
         q.set_playback_order(PlaybackOrder::Default);
@@ -382,12 +389,9 @@ mod tests {
             shuffled, names,
             "20 items do not shuffle into the same order"
         );
-        let mut sorted = shuffled.clone();
-        sorted.sort();
-        let mut all = names.clone();
-        all.sort();
         assert_eq!(
-            sorted, all,
+            sorted(&shuffled),
+            sorted(&names),
             "the old queue is gone, nothing lost or duplicated"
         );
         // Another seed, another order: the order comes from the generator, not from the ids.
