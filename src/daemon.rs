@@ -27,6 +27,7 @@ use crate::connect::credentials::{self, CredentialStore};
 use crate::connect::discovery::{self, DiscoverySettings};
 use crate::connect::librespot_backend::{self, LibrespotBackend};
 use crate::connect::supervisor::{Supervisor, SupervisorSettings};
+use crate::connect::volume_gate::StartupGate;
 use crate::{jellyfin, status, systemd};
 
 /// Exit status for a problem with the machine (devices, state directory) rather than the config.
@@ -196,9 +197,12 @@ async fn run_async(config: Config) -> ExitCode {
         ..SupervisorSettings::default()
     };
     let watchdog_poll = supervisor_settings.watchdog_period;
+    // Spirc writes its start-up volume late (after login); the supervisor holds this gate while
+    // connecting so that write cannot undo a knob turned meanwhile.
+    let startup_gate = StartupGate::new(mixer.clone());
     let backend = LibrespotBackend::new(
         player.clone(),
-        mixer.clone(),
+        startup_gate.clone(),
         session_config,
         config.name.clone(),
         device_type,
@@ -211,7 +215,8 @@ async fn run_async(config: Config) -> ExitCode {
         signals,
         endpoint,
         supervisor_settings,
-    );
+    )
+    .with_startup_gate(startup_gate);
     let heartbeat = supervisor.heartbeat();
     let supervisor_task = tokio::spawn(supervisor.run(shutdown_rx.clone()));
 
@@ -294,7 +299,7 @@ async fn run_async(config: Config) -> ExitCode {
 
 /// A closure that says whether the supervisor is alive (heartbeat fresh within 3 polls).
 fn heartbeat_check(
-    heartbeat: crate::connect::supervisor::Heartbeat,
+    heartbeat: crate::connect::heartbeat::Heartbeat,
     poll: Duration,
 ) -> impl Fn() -> bool {
     move || heartbeat.age() <= poll * 3

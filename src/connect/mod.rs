@@ -10,6 +10,11 @@ pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
 mod fake_backend;
+pub mod heartbeat;
 pub mod librespot_backend;
+pub mod liveness;
 pub mod session;
 pub mod supervisor;
+#[cfg(test)]
+mod supervisor_harness;
+pub mod volume_gate;

@@ -18,7 +18,7 @@
 //! credentials end the loop for that account, sending the speaker back to discovery.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use librespot_core::authentication::Credentials;
@@ -31,10 +31,13 @@ use super::backoff::Backoff;
 use super::control::{
     Command, ControlEndpoint, ControlError, LossRecord, PlaybackEvent, SpotifyState,
 };
-use super::credentials::CredentialStore;
+pub use super::credentials::CredentialCache;
+pub use super::heartbeat::Heartbeat;
+use super::liveness::SessionRegistry;
 use super::session::{
     ConnectBackend, ConnectFailure, ConnectRequest, ConnectSession, PlayerSignal, SessionCommand,
 };
+use super::volume_gate::StartupGate;
 
 /// Tunables, from the configuration.
 #[derive(Debug, Clone)]
@@ -54,7 +57,16 @@ pub struct SupervisorSettings {
     pub volume_poll: Duration,
     /// Longest a single connection attempt may take.
     pub connect_timeout: Duration,
+    /// Longest wait for an old Spirc's goodbye before it is abandoned and the next one starts.
+    pub goodbye_timeout: Duration,
+    /// A run that dies within this time after logging in leaves the login marker behind (see
+    /// [`CredentialCache::login_deaths`]).
+    pub login_check_window: Duration,
 }
+
+/// Runs in a row that died right after logging in before the account is taken to lack Premium.
+/// Two, so that one power cut at the wrong second does not throw a user's login away.
+pub const DEATHS_MEAN_NO_PREMIUM: u32 = 2;
 
 impl Default for SupervisorSettings {
     fn default() -> Self {
@@ -68,56 +80,9 @@ impl Default for SupervisorSettings {
             watchdog_period: Duration::from_secs(2),
             volume_poll: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(30),
+            goodbye_timeout: Duration::from_secs(2),
+            login_check_window: Duration::from_secs(15),
         }
-    }
-}
-
-/// Where cached credentials live; [`CredentialStore`] in production.
-pub trait CredentialCache: Send {
-    fn load(&self) -> Option<Credentials>;
-    fn save(&self, credentials: &Credentials);
-    fn set_aside(&self, why: &str);
-}
-
-impl CredentialCache for CredentialStore {
-    fn load(&self) -> Option<Credentials> {
-        CredentialStore::load(self)
-    }
-    fn save(&self, credentials: &Credentials) {
-        if let Err(e) = CredentialStore::save(self, credentials) {
-            warn!(
-                "cannot cache credentials in {}: {e}; the speaker will need to be picked again after a reboot",
-                self.path().display()
-            );
-        }
-    }
-    fn set_aside(&self, why: &str) {
-        CredentialStore::set_aside(self, why)
-    }
-}
-
-/// Proof of life for the systemd watchdog: beats on every turn of the supervisor's loops (at
-/// least every `watchdog_period`), whatever state it is in.
-#[derive(Debug, Clone)]
-pub struct Heartbeat(Arc<Mutex<Instant>>);
-
-impl Heartbeat {
-    fn new() -> Self {
-        Self(Arc::new(Mutex::new(Instant::now())))
-    }
-
-    fn beat(&self) {
-        if let Ok(mut last) = self.0.lock() {
-            *last = Instant::now();
-        }
-    }
-
-    /// Time since the last beat.
-    pub fn age(&self) -> Duration {
-        self.0
-            .lock()
-            .map(|last| last.elapsed())
-            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -134,6 +99,14 @@ enum AttemptEnd<S> {
     Done(Result<Result<S, ConnectFailure>, ()>),
     NewCredentials(Credentials),
     Shutdown,
+}
+
+/// The user's intent, frozen at a loss.
+#[derive(Debug, Clone, Copy)]
+struct Frozen {
+    playing: bool,
+    /// This speaker was the active device: Spotify may still list it as active.
+    active: bool,
 }
 
 /// How watching a live session ended.
@@ -160,7 +133,16 @@ pub struct Supervisor<B: ConnectBackend> {
     /// The user's intent as the player reports it.
     was_playing: Arc<AtomicBool>,
     /// The intent frozen at the moment of a loss; `Some` until the new session resolves it.
-    frozen_intent: Option<bool>,
+    frozen_intent: Option<Frozen>,
+    /// Spirc has activated this device (it ignores every command but a transfer until then).
+    active: bool,
+    /// Set: Spirc's start-up volume write is kept off the mixer while connecting.
+    gate: Option<Arc<StartupGate>>,
+    registry: SessionRegistry,
+    /// The login marker as found at start (runs that died after login).
+    marker_base: u32,
+    /// The marker is raised for the attempt or session in flight.
+    marker_raised: bool,
     /// What Spotify was last told the volume is.
     told_volume: u16,
     discovery_open: bool,
@@ -206,9 +188,21 @@ impl<B: ConnectBackend> Supervisor<B> {
             backoff,
             was_playing: Arc::new(AtomicBool::new(false)),
             frozen_intent: None,
+            active: false,
+            gate: None,
+            registry: SessionRegistry::default(),
+            marker_base: 0,
+            marker_raised: false,
             told_volume: 0,
             discovery_open: true,
         }
+    }
+
+    /// The mixer handed to the backend (and so to Spirc) is `gate`: the supervisor holds it
+    /// while connecting, so Spirc's late start-up write cannot undo a knob turned meanwhile.
+    pub fn with_startup_gate(mut self, gate: Arc<StartupGate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn heartbeat(&self) -> Heartbeat {
@@ -220,6 +214,21 @@ impl<B: ConnectBackend> Supervisor<B> {
         let mut credentials = self.store.load();
         let mut session_id: Option<String> = None;
         self.publish(|s| s.volume = self.mixer.volume());
+        self.marker_base = self.store.login_deaths();
+        if self.marker_base >= DEATHS_MEAN_NO_PREMIUM {
+            if credentials.is_some() {
+                error!(
+                    "Spotify Premium is required: the last {} starts ended right after logging in, which is what librespot does for an account without Premium; pick the speaker in the Spotify app with a Premium account",
+                    self.marker_base
+                );
+                self.store
+                    .set_aside("belong to an account without Spotify Premium");
+                credentials = None;
+                self.publish(|s| s.premium_required = true);
+            }
+            self.store.set_login_deaths(0);
+            self.marker_base = 0;
+        }
         loop {
             if *shutdown.borrow() {
                 return;
@@ -254,6 +263,14 @@ impl<B: ConnectBackend> Supervisor<B> {
                 session_id: session_id.clone(),
                 initial_volume,
             };
+            self.raise_login_marker();
+            let gate = match &self.gate {
+                Some(gate) if !self.settings.fresh_install => Some(gate.clone()),
+                _ => None,
+            };
+            if let Some(gate) = &gate {
+                gate.hold();
+            }
 
             let outcome = {
                 // Only fields disjoint from `backend` are touched while the attempt runs; player
@@ -291,6 +308,9 @@ impl<B: ConnectBackend> Supervisor<B> {
                 (outcome, signals)
             };
             let (outcome, signals) = outcome;
+            if let Some(gate) = &gate {
+                gate.release();
+            }
             for signal in signals {
                 self.on_signal_disconnected(signal);
             }
@@ -298,6 +318,7 @@ impl<B: ConnectBackend> Supervisor<B> {
                 AttemptEnd::Shutdown => return,
                 AttemptEnd::NewCredentials(c) => {
                     info!("a new Spotify user picked the speaker while connecting");
+                    self.lower_login_marker(self.marker_base);
                     credentials = Some(c);
                     session_id = None;
                     self.frozen_intent = None;
@@ -326,6 +347,8 @@ impl<B: ConnectBackend> Supervisor<B> {
                     if let Some(reusable) = session.reusable_credentials() {
                         self.store.save(&reusable);
                     }
+                    self.registry.register(session.liveness());
+                    self.publish_alive();
                     self.settings.fresh_install = false;
                     match self.watch(session, reconnecting, &mut shutdown).await {
                         WatchEnd::Shutdown => return,
@@ -356,11 +379,15 @@ impl<B: ConnectBackend> Supervisor<B> {
                 Err(ConnectFailure::CredentialsRejected(why)) => {
                     error!("Spotify rejected the stored credentials ({why}); waiting for the speaker to be picked in the Spotify app again");
                     self.store.set_aside("were rejected by Spotify");
+                    self.lower_login_marker(0);
+                    self.marker_base = 0;
                     session_id = None;
                     self.frozen_intent = None;
                     credentials = None;
                 }
                 Err(ConnectFailure::Transient(why)) => {
+                    // The process survived the attempt: it says nothing about the account.
+                    self.lower_login_marker(self.marker_base);
                     credentials = Some(creds);
                     warn!("cannot reach Spotify: {why}");
                     if self
@@ -411,6 +438,7 @@ impl<B: ConnectBackend> Supervisor<B> {
                     self.heartbeat.beat();
                     let live = self.mixer.volume();
                     self.publish(|s| s.volume = live);
+                    self.publish_alive();
                 }
                 received = self.discovered.recv(), if self.discovery_open => match received {
                     Some(c) => return Interrupt::NewCredentials(c),
@@ -438,30 +466,41 @@ impl<B: ConnectBackend> Supervisor<B> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> WatchEnd {
         let connected_at = Instant::now();
+        self.active = false;
         self.told_volume = self.mixer.volume();
         let told = self.told_volume;
         self.publish(|s| {
             s.spotify = SpotifyState::Connected;
             s.volume = told;
+            s.premium_required = false;
         });
-        // Only a reconnect of a user who was playing needs the transfer fallback.
+        // Only a reconnect of a speaker that was the active device needs the transfer
+        // fallback; one that was not has nothing to restore.
         let mut transfer_deadline = match self.frozen_intent {
-            Some(_) if reconnected => Some(Instant::now() + self.settings.transfer_timeout),
-            _ => None,
+            Some(frozen) if reconnected && frozen.active => {
+                Some(Instant::now() + self.settings.transfer_timeout)
+            }
+            Some(_) => {
+                self.frozen_intent = None;
+                None
+            }
+            None => None,
         };
         let mut fallback_requested = false;
         let mut watchdog = tokio::time::interval(self.settings.watchdog_period);
         let mut volume_poll = tokio::time::interval(self.settings.volume_poll);
 
+        let mut spirc_ended = false;
         let reason = loop {
             let deadline = sleep_until(transfer_deadline.unwrap_or_else(far_future));
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    session.shutdown();
+                    self.retire(session, ControlError::ShuttingDown, false).await;
                     return WatchEnd::Shutdown;
                 }
                 _ = session.ended() => {
+                    spirc_ended = true;
                     break match (session.is_invalid(), session.loss_reason()) {
                         (_, Some(reason)) => reason,
                         (true, None) => "keep-alive timeout".to_string(),
@@ -470,13 +509,24 @@ impl<B: ConnectBackend> Supervisor<B> {
                 }
                 _ = watchdog.tick() => {
                     self.heartbeat.beat();
+                    self.publish_alive();
+                    if self.marker_raised && connected_at.elapsed() >= self.settings.login_check_window {
+                        // Still alive well after the login: librespot did not exit, Premium.
+                        self.lower_login_marker(0);
+                        self.marker_base = 0;
+                    }
                     if session.is_invalid() {
                         let cause = session.loss_reason().unwrap_or_else(|| "keep-alive timeout".into());
                         break format!("spirc hung on invalid session ({cause})");
                     }
                 }
                 Some(signal) = self.events.recv() => {
+                    if signal == PlayerSignal::SessionDisconnected {
+                        info!("another device took over playback; this speaker is no longer active");
+                        self.active = false;
+                    }
                     if signal == PlayerSignal::SessionConnected {
+                        self.active = true;
                         transfer_deadline = None;
                         self.resolve_intent(&session, if fallback_requested { "transfer fallback" } else { "automatic transfer" });
                         // Spirc's own idea of the volume may be stale after a transfer.
@@ -486,31 +536,33 @@ impl<B: ConnectBackend> Supervisor<B> {
                 }
                 _ = deadline, if transfer_deadline.is_some() => {
                     transfer_deadline = None;
-                    match self.frozen_intent {
-                        Some(true) => {
-                            info!(
-                                "no automatic transfer within {} s; asking Spotify to transfer playback here (fallback)",
-                                self.settings.transfer_timeout.as_secs()
-                            );
-                            fallback_requested = true;
-                            if let Err(e) = session.command(SessionCommand::Transfer) {
-                                warn!("transfer fallback failed: {e}");
-                            }
-                        }
-                        _ => {
-                            info!("no automatic transfer after the reconnect; playback was paused, so the speaker stays idle");
-                            self.frozen_intent = None;
-                        }
+                    // librespot transfers by itself only when Spotify lists no active device
+                    // (or the same or an empty session id, spirc.rs:845-850); after an outage
+                    // it may still list this speaker, whose new Spirc then ignores the app.
+                    // Ask for the transfer to ourselves, keeping the user's play/pause.
+                    let (command, how) = match self.frozen_intent {
+                        Some(Frozen { playing: true, .. }) => (SessionCommand::Transfer, "resuming"),
+                        _ => (SessionCommand::TransferPaused, "paused as the user left it"),
+                    };
+                    info!(
+                        "no automatic transfer within {} s (Spotify may still list the old connection as active); asking Spotify to transfer playback here, {how} (fallback)",
+                        self.settings.transfer_timeout.as_secs()
+                    );
+                    fallback_requested = true;
+                    if let Err(e) = session.command(command) {
+                        warn!("transfer fallback failed: {e}");
                     }
                 }
                 _ = volume_poll.tick() => self.sync_volume(&session, false),
                 Some((command, reply)) = self.endpoint.commands.recv() => {
-                    let _ = reply.send(forward(&session, command));
+                    // Spirc drops every command but a transfer while not active (spirc.rs:660).
+                    let answer = if self.active { forward(&session, command) } else { Err(ControlError::NotActive) };
+                    let _ = reply.send(answer);
                 }
                 received = self.discovered.recv(), if self.discovery_open => match received {
                     Some(c) => {
                         info!("another Spotify user picked the speaker; switching accounts");
-                        session.shutdown();
+                        self.retire(session, ControlError::Reconnecting, false).await;
                         return WatchEnd::NewCredentials(c);
                     }
                     None => self.discovery_open = false,
@@ -521,11 +573,14 @@ impl<B: ConnectBackend> Supervisor<B> {
         // Freeze the intent before anything pauses the player. A loss while already frozen (a
         // reconnect that failed before resolving) keeps the user's original intent.
         if self.frozen_intent.is_none() {
-            self.frozen_intent = Some(self.was_playing.load(Ordering::SeqCst));
+            self.frozen_intent = Some(Frozen {
+                playing: self.was_playing.load(Ordering::SeqCst),
+                active: self.active,
+            });
         }
+        self.active = false;
         let session_id = session.session_id();
         warn!("session lost: {reason}");
-        session.shutdown();
         self.publish(|s| {
             s.spotify = SpotifyState::Reconnecting;
             s.reconnect_count += 1;
@@ -534,22 +589,86 @@ impl<B: ConnectBackend> Supervisor<B> {
                 at: SystemTime::now(),
             });
         });
+        self.retire(session, ControlError::Reconnecting, spirc_ended)
+            .await;
         WatchEnd::Lost {
             session_id,
             uptime: connected_at.elapsed(),
         }
     }
 
+    /// Ends a session before anything else starts: Spirc's goodbye (disconnect and
+    /// `delete_connect_state_request`, over HTTPS, spirc.rs:567-579) must not reach Spotify after
+    /// the next Spirc registered the same device id. Waits for it up to `goodbye_timeout`, then
+    /// abandons the Spirc without its goodbye and closes the dealer the abort skipped.
+    async fn retire(&mut self, mut session: B::Session, meanwhile: ControlError, ended: bool) {
+        self.heartbeat.beat();
+        if ended {
+            // The Spirc task is over: goodbye said (or failed) and dealer closed.
+            drop(session);
+            self.publish_alive();
+            return;
+        }
+        session.shutdown();
+        let deadline = sleep_until(Instant::now() + self.settings.goodbye_timeout);
+        tokio::pin!(deadline);
+        let ended = loop {
+            tokio::select! {
+                _ = session.ended() => break true,
+                _ = &mut deadline => break false,
+                Some((_, reply)) = self.endpoint.commands.recv() => {
+                    let _ = reply.send(Err(meanwhile.clone()));
+                }
+                Some(signal) = self.events.recv() => self.on_signal_disconnected(signal),
+            }
+        };
+        if !ended {
+            warn!(
+                "the old Spotify session did not say goodbye within {} s; abandoning it",
+                self.settings.goodbye_timeout.as_secs_f64()
+            );
+            session.abandon().await;
+        }
+        drop(session);
+        self.heartbeat.beat();
+        self.publish_alive();
+    }
+
+    /// Raises the login marker for the attempt about to start (once per run).
+    fn raise_login_marker(&mut self) {
+        if !self.marker_raised {
+            self.store.set_login_deaths(self.marker_base + 1);
+            self.marker_raised = true;
+        }
+    }
+
+    /// The process outlived the attempt or the session's first seconds: put the marker back.
+    fn lower_login_marker(&mut self, to: u32) {
+        if self.marker_raised {
+            self.store.set_login_deaths(to);
+            self.marker_raised = false;
+        }
+    }
+
+    fn publish_alive(&mut self) {
+        let alive = self.registry.alive();
+        self.endpoint.status.send_if_modified(|s| {
+            let changed = s.sessions_alive != alive;
+            s.sessions_alive = alive;
+            changed
+        });
+    }
+
     /// After the new session is activated: play exactly once if the user was playing.
     fn resolve_intent(&mut self, session: &B::Session, path: &str) {
         match self.frozen_intent.take() {
-            Some(true) => {
+            Some(Frozen { playing: true, .. }) => {
                 info!("playback re-attached ({path}); resuming play as the user was playing");
                 if let Err(e) = session.command(SessionCommand::Play) {
                     warn!("could not resume playback: {e}");
                 }
             }
-            Some(false) => {
+            Some(Frozen { playing: false, .. }) => {
                 info!("playback re-attached ({path}); staying paused as the user left it")
             }
             None => {}
@@ -610,12 +729,17 @@ impl<B: ConnectBackend> Supervisor<B> {
                 self.publish(|s| s.track = Some(track.clone()));
                 Some(PlaybackEvent::TrackChanged(track))
             }
-            PlayerSignal::VolumeChanged(volume) => {
-                self.told_volume = volume;
-                self.publish(|s| s.volume = volume);
-                Some(PlaybackEvent::VolumeChanged(volume))
+            PlayerSignal::VolumeChanged(_) => {
+                // Spirc reports the value it was given (an app's slider); the hardware took the
+                // nearest step. Spotify already has its value: remember the step's, or the next
+                // sync would send it back as a change (an echo).
+                let live = self.mixer.volume();
+                self.told_volume = live;
+                self.publish(|s| s.volume = live);
+                Some(PlaybackEvent::VolumeChanged(live))
             }
             PlayerSignal::SessionConnected
+            | PlayerSignal::SessionDisconnected
             | PlayerSignal::Loading
             | PlayerSignal::EndOfTrack
             | PlayerSignal::Unavailable => None,
@@ -641,7 +765,10 @@ impl<B: ConnectBackend> Supervisor<B> {
     /// Player events with no session (the shutdown's pause, a load failing on the dead session):
     /// they change what the status shows, never the frozen intent.
     fn on_signal_disconnected(&mut self, signal: PlayerSignal) {
-        if matches!(signal, PlayerSignal::SessionConnected) {
+        if matches!(
+            signal,
+            PlayerSignal::SessionConnected | PlayerSignal::SessionDisconnected
+        ) {
             return;
         }
         self.on_signal(signal);

@@ -45,8 +45,14 @@ pub fn render(status: &Value) -> String {
         out.push_str(&format!("{label:<16} {value}\n"));
     };
     line("speaker", text(&status["name"]));
-    line("spotify", text(&status["spotify"]["state"]));
+    let state = text(&status["spotify"]["state"]);
+    if status["spotify"]["premium_required"] == Value::Bool(true) {
+        line("spotify", format!("{state} - Spotify Premium is required"));
+    } else {
+        line("spotify", state);
+    }
     line("reconnects", text(&status["spotify"]["reconnect_count"]));
+    line("sessions alive", text(&status["spotify"]["sessions_alive"]));
     let loss = &status["spotify"]["last_loss"];
     line(
         "last loss",

@@ -207,6 +207,8 @@ pub fn status_json(
             "position_ms": status.position_ms,
             "track": status.track,
             "volume": status.volume,
+            "sessions_alive": status.sessions_alive,
+            "premium_required": status.premium_required,
         },
         "jellyfin": jellyfin,
         "boot_config": boot_config,
