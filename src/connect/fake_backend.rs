@@ -71,8 +71,12 @@ pub struct FakeWorld {
     pub process_exits: usize,
     /// Reconnect attempts of dealers whose session is dead.
     pub dealer_retries: u64,
+    /// Registrations made while an older Spirc task was still running (its goodbye could still
+    /// unregister the device after the new one registered).
+    pub overlapping_registrations: usize,
     pub next_id: u32,
     session_refs: Vec<Weak<Inner>>,
+    spirc_refs: Vec<Weak<SpircAlive>>,
     dealer_refs: Vec<Weak<DealerAlive>>,
 }
 
@@ -98,8 +102,10 @@ impl Default for FakeWorld {
             premium: true,
             process_exits: 0,
             dealer_retries: 0,
+            overlapping_registrations: 0,
             next_id: 0,
             session_refs: Vec::new(),
+            spirc_refs: Vec::new(),
             dealer_refs: Vec::new(),
         }
     }
@@ -116,6 +122,14 @@ impl FakeWorld {
     /// Fake sessions something still holds (a Spirc task, a dealer, a handle).
     pub fn live_sessions(&self) -> usize {
         self.session_refs
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// Spirc tasks still running.
+    pub fn live_spircs(&self) -> usize {
+        self.spirc_refs
             .iter()
             .filter(|w| w.strong_count() > 0)
             .count()
@@ -152,6 +166,7 @@ struct Inner {
 }
 
 struct DealerAlive;
+struct SpircAlive;
 
 impl Inner {
     fn world(&self) -> std::sync::MutexGuard<'_, FakeWorld> {
@@ -237,6 +252,12 @@ impl FakeSessionCtl {
     /// The user moves the slider in the app: Spotify's volume message (spirc.rs:473-477).
     pub fn app_sets_volume(&self, volume: u16) {
         self.with(|inner| inner.set_volume(volume));
+    }
+
+    /// The user picks this speaker in the app: Spotify sends the transfer command
+    /// (spirc.rs:1093-1154 `handle_transfer` → `handle_activate`).
+    pub fn app_transfers_here(&self) {
+        self.with(|inner| inner.activate());
     }
 
     /// Another device takes over: `handle_disconnect` (spirc.rs:1215-1228) makes this one
@@ -337,7 +358,13 @@ impl ConnectBackend for FakeBackend {
         tokio::spawn(run_dealer(inner.clone(), dealer_rx, dealer_alive));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (end_tx, end_rx) = watch::channel(false);
-        let task = tokio::spawn(run_spirc(inner.clone(), shutdown_rx, end_tx));
+        let spirc_alive = Arc::new(SpircAlive);
+        self.world
+            .lock()
+            .unwrap()
+            .spirc_refs
+            .push(Arc::downgrade(&spirc_alive));
+        let task = tokio::spawn(run_spirc(inner.clone(), shutdown_rx, end_tx, spirc_alive));
         Ok(FakeSession {
             inner,
             shutdown_tx,
@@ -375,8 +402,9 @@ async fn run_spirc(
     inner: Arc<Inner>,
     mut shutdown: watch::Receiver<bool>,
     end: watch::Sender<bool>,
+    alive: Arc<SpircAlive>,
 ) {
-    register(&inner);
+    register(&inner, &alive);
     // spirc.rs:441: the loop runs while the session is valid and no shutdown was asked, checked
     // only when something wakes it.
     let asked = loop {
@@ -416,10 +444,20 @@ async fn run_spirc(
 /// spirc.rs:820-866 `handle_connection_id_update`: the device is put into the cluster; the
 /// automatic transfer happens only when no device is active and the cluster's session id is
 /// empty or this session's, and there is a transfer state.
-fn register(inner: &Inner) {
+fn register(inner: &Inner, alive: &Arc<SpircAlive>) {
     let take_over = {
         let mut world = inner.world();
         world.registrations.push((Instant::now(), inner.index));
+        let others = world
+            .spirc_refs
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|other| !Arc::ptr_eq(other, alive))
+            .count();
+        if others > 0 {
+            world.overlapping_registrations += 1;
+        }
+        world.spirc_refs.retain(|w| w.strong_count() > 0);
         let same_session =
             world.cluster_session_id.is_empty() || world.cluster_session_id == inner.id;
         world.active_device.is_none() && same_session && world.auto_transfer

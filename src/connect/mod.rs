@@ -13,6 +13,8 @@ mod fake_backend;
 pub mod heartbeat;
 pub mod librespot_backend;
 pub mod liveness;
+#[cfg(test)]
+mod reconnect_defect_tests;
 pub mod session;
 pub mod supervisor;
 #[cfg(test)]
