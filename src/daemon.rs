@@ -26,6 +26,7 @@ use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::credentials::{self, CredentialStore};
 use crate::connect::discovery::{self, DiscoverySettings};
 use crate::connect::librespot_backend::{self, LibrespotBackend};
+use crate::connect::netwatch;
 use crate::connect::supervisor::{Supervisor, SupervisorSettings};
 use crate::connect::volume_gate::StartupGate;
 use crate::{jellyfin, status, systemd};
@@ -166,6 +167,9 @@ async fn run_async(config: Config) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (credentials_tx, credentials_rx) = mpsc::channel(4);
 
+    // New network addresses cut discovery's and the supervisor's retry delays short.
+    let addresses = netwatch::spawn(shutdown_rx.clone());
+
     // Discovery first: READY means the speaker can be found.
     let (ready_tx, ready_rx) = oneshot::channel();
     let discovery_task = if config.disable_discovery {
@@ -185,6 +189,7 @@ async fn run_async(config: Config) -> ExitCode {
             credentials_tx,
             ready_tx,
             shutdown_rx.clone(),
+            addresses.clone(),
         )))
     };
 
@@ -216,7 +221,8 @@ async fn run_async(config: Config) -> ExitCode {
         endpoint,
         supervisor_settings,
     )
-    .with_startup_gate(startup_gate);
+    .with_startup_gate(startup_gate)
+    .with_address_events(addresses);
     let heartbeat = supervisor.heartbeat();
     let supervisor_task = tokio::spawn(supervisor.run(shutdown_rx.clone()));
 
@@ -288,7 +294,9 @@ async fn run_async(config: Config) -> ExitCode {
     systemd::notify_stopping();
     info!("stopping");
     shutdown_tx.send_replace(true);
-    let _ = tokio::time::timeout(Duration::from_millis(1200), supervisor_task).await;
+    // The supervisor lets Spirc pause and say goodbye (at most 2 s), or abandons it and closes
+    // its dealer (at most 3 s more).
+    let _ = tokio::time::timeout(Duration::from_millis(5500), supervisor_task).await;
     if let Some(task) = discovery_task {
         let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
     }

@@ -13,6 +13,7 @@ mod fake_backend;
 pub mod heartbeat;
 pub mod librespot_backend;
 pub mod liveness;
+pub mod netwatch;
 #[cfg(test)]
 mod reconnect_defect_tests;
 pub mod session;

@@ -337,6 +337,36 @@ async fn commands_while_not_active_are_answered_not_active() {
     h.stop().await;
 }
 
+/// Defect 10, the supervisor's side: deep in its backoff with no network, it tries the moment
+/// an address appears instead of waiting out the delay.
+#[tokio::test(start_paused = true)]
+async fn a_new_address_ends_the_backoff_at_once() {
+    let h = start(Some(creds("u")), settings(), true);
+    {
+        let mut world = h.world.lock().unwrap();
+        for _ in 0..8 {
+            world
+                .script
+                .push_back(super::session::ConnectFailure::Transient("dns".into()));
+        }
+    }
+    h.until(Duration::from_secs(600), "7 failed attempts", |w| {
+        w.requests.len() == 7
+    })
+    .await;
+    // The next delay is about 60 s; the Wi-Fi comes up a second into it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let appeared = Instant::now();
+    h.addresses.send_modify(|n| *n += 1);
+    h.until(Duration::from_secs(5), "attempt after the address", |w| {
+        w.requests.len() == 8
+    })
+    .await;
+    let after = h.world.lock().unwrap().requests[7].0 - appeared;
+    assert!(after < Duration::from_millis(100), "tried after {after:?}");
+    h.stop().await;
+}
+
 /// The soak: a thousand induced losses of every kind, with goodbyes that come, come late or
 /// never. Sessions, dealers and tasks stay flat; the volume never drifts.
 #[tokio::test(start_paused = true)]

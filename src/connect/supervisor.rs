@@ -34,6 +34,7 @@ use super::control::{
 pub use super::credentials::CredentialCache;
 pub use super::heartbeat::Heartbeat;
 use super::liveness::SessionRegistry;
+use super::netwatch::AddressEvents;
 use super::session::{
     ConnectBackend, ConnectFailure, ConnectRequest, ConnectSession, PlayerSignal, SessionCommand,
 };
@@ -143,6 +144,8 @@ pub struct Supervisor<B: ConnectBackend> {
     marker_base: u32,
     /// The marker is raised for the attempt or session in flight.
     marker_raised: bool,
+    /// Ticks when a network address appears: a backoff wait ends at once.
+    addresses: Option<AddressEvents>,
     /// What Spotify was last told the volume is.
     told_volume: u16,
     discovery_open: bool,
@@ -193,6 +196,7 @@ impl<B: ConnectBackend> Supervisor<B> {
             registry: SessionRegistry::default(),
             marker_base: 0,
             marker_raised: false,
+            addresses: None,
             told_volume: 0,
             discovery_open: true,
         }
@@ -202,6 +206,12 @@ impl<B: ConnectBackend> Supervisor<B> {
     /// while connecting, so Spirc's late start-up write cannot undo a knob turned meanwhile.
     pub fn with_startup_gate(mut self, gate: Arc<StartupGate>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// A new network address ends a backoff wait at once (the Wi-Fi came up).
+    pub fn with_address_events(mut self, addresses: AddressEvents) -> Self {
+        self.addresses = Some(addresses);
         self
     }
 
@@ -430,9 +440,24 @@ impl<B: ConnectBackend> Supervisor<B> {
         let deadline = sleep_until(until.unwrap_or_else(far_future));
         tokio::pin!(deadline);
         let waiting_for_user = until.is_none();
+        let mut addresses = self.addresses.clone();
         loop {
+            let address_appeared = async {
+                match addresses.as_mut() {
+                    Some(rx) if !waiting_for_user => rx.changed().await.is_ok(),
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut deadline => return Interrupt::Elapsed,
+                appeared = address_appeared => {
+                    if appeared {
+                        info!("a network address appeared; reconnecting now");
+                        self.backoff.reset();
+                        return Interrupt::Elapsed;
+                    }
+                    addresses = None;
+                }
                 _ = shutdown.changed() => return Interrupt::Shutdown,
                 _ = tick.tick() => {
                     self.heartbeat.beat();

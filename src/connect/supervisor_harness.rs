@@ -70,6 +70,8 @@ pub struct Harness {
     pub store: FakeStore,
     pub shutdown: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Bump to say a network address appeared (netlink in production).
+    pub addresses: watch::Sender<u64>,
 }
 
 pub fn settings() -> SupervisorSettings {
@@ -131,6 +133,8 @@ pub fn start_with(
         ),
     )
     .with_startup_gate(gate);
+    let (addresses_tx, addresses_rx) = watch::channel(0u64);
+    let supervisor = supervisor.with_address_events(addresses_rx);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(supervisor.run(shutdown_rx));
     Harness {
@@ -143,6 +147,7 @@ pub fn start_with(
         store,
         shutdown: shutdown_tx,
         task,
+        addresses: addresses_tx,
     }
 }
 
