@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use librespot_core::authentication::Credentials;
 use librespot_playback::mixer::Mixer;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -146,6 +146,8 @@ pub struct Supervisor<B: ConnectBackend> {
     marker_raised: bool,
     /// Ticks when a network address appears: a backoff wait ends at once.
     addresses: Option<AddressEvents>,
+    /// The last connection failure, logged once until it changes or a connection succeeds.
+    last_failure: Option<String>,
     /// What Spotify was last told the volume is.
     told_volume: u16,
     discovery_open: bool,
@@ -197,6 +199,7 @@ impl<B: ConnectBackend> Supervisor<B> {
             marker_base: 0,
             marker_raised: false,
             addresses: None,
+            last_failure: None,
             told_volume: 0,
             discovery_open: true,
         }
@@ -357,6 +360,9 @@ impl<B: ConnectBackend> Supervisor<B> {
                     if let Some(reusable) = session.reusable_credentials() {
                         self.store.save(&reusable);
                     }
+                    if self.last_failure.take().is_some() {
+                        info!("reached Spotify again");
+                    }
                     self.registry.register(session.liveness());
                     self.publish_alive();
                     self.settings.fresh_install = false;
@@ -399,7 +405,15 @@ impl<B: ConnectBackend> Supervisor<B> {
                     // The process survived the attempt: it says nothing about the account.
                     self.lower_login_marker(self.marker_base);
                     credentials = Some(creds);
-                    warn!("cannot reach Spotify: {why}");
+                    // One line per kind of failure, not per attempt (the image's journal is in
+                    // RAM and an access point may be off for hours); the rest at debug.
+                    let repeated = self.last_failure.as_deref() == Some(why.as_str());
+                    if !repeated {
+                        warn!("cannot reach Spotify: {why}; retrying, waiting longer after each failure (at most {} s)", self.settings.backoff_max.as_secs());
+                    } else {
+                        debug!("cannot reach Spotify: {why}");
+                    }
+                    self.last_failure = Some(why);
                     if self
                         .pause_before_retry(&mut credentials, &mut shutdown)
                         .await
@@ -418,7 +432,11 @@ impl<B: ConnectBackend> Supervisor<B> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let delay = self.backoff.next_delay();
-        info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        if self.last_failure.is_none() {
+            info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        } else {
+            debug!("reconnecting in {:.1} s", delay.as_secs_f64());
+        }
         match self.wait(Some(Instant::now() + delay), shutdown).await {
             Interrupt::Shutdown => true,
             Interrupt::Elapsed => false,
