@@ -141,6 +141,31 @@ pub fn connections_to_port(pid: Option<u32>, port: u16) -> io::Result<Vec<TcpCon
     Ok(found)
 }
 
+/// Established connections to `port` that process `pid` owns: `/proc/<pid>/net/tcp` lists the
+/// whole network namespace (another Spotify client on the same Pi too), so only rows whose
+/// socket inode is one of the process's descriptors (`/proc/<pid>/fd`) are kept.
+pub fn owned_connections_to_port(pid: u32, port: u16) -> io::Result<Vec<TcpConnection>> {
+    let mut owned = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue; // closed between readdir and readlink
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            owned.insert(inode);
+        }
+    }
+    Ok(connections_to_port(Some(pid), port)?
+        .into_iter()
+        .filter(|c| c.inode != 0 && owned.contains(&c.inode))
+        .collect())
+}
+
 /// The descriptors of this process that are the socket with `inode`.
 fn own_fds_for_inode(inode: u64) -> io::Result<Vec<RawFd>> {
     let wanted = format!("socket:[{inode}]");
@@ -349,6 +374,33 @@ mod tests {
         let mut tuner = ApLinkTuner::new(AP_PORT, LinkTuning::default());
         let tuned = tune_current_port(&mut tuner).unwrap();
         assert_eq!(tuned.len(), 1, "the connection on port {port} is tuned");
+    }
+
+    /// Another process's connection to the same port is listed namespace-wide but not owned.
+    #[test]
+    fn only_connections_the_process_owns_are_picked() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ours = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server_side = listener.accept().unwrap();
+        let mut other = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 30"),
+            ])
+            .spawn();
+        let child = other
+            .as_mut()
+            .expect("bash (for its /dev/tcp) runs the other client");
+        let _other_side = listener.accept().unwrap();
+        let me = std::process::id();
+        let all = connections_to_port(Some(me), port).unwrap();
+        let owned = owned_connections_to_port(me, port).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(owned.len(), 1, "{owned:?}");
+        assert_eq!(owned[0].local, ours.local_addr().unwrap());
+        assert_eq!(all.len(), 2, "the namespace-wide list has both: {all:?}");
     }
 
     #[test]
