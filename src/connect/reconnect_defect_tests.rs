@@ -136,19 +136,20 @@ async fn a_knob_turned_during_the_login_is_not_turned_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.sim.raw.load(Ordering::SeqCst), 90, "the knob stays");
     let live = h.mixer.volume();
-    let world = h.world.lock().unwrap();
-    assert_ne!(
-        world.requests[1].1.initial_volume, live,
-        "the request was stale"
-    );
-    assert!(
-        world
-            .commands
-            .iter()
-            .any(|(_, s, c)| *s == 1 && *c == SessionCommand::SetVolume(live)),
-        "Spotify told the live value"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert_ne!(
+            world.requests[1].1.initial_volume, live,
+            "the request was stale"
+        );
+        assert!(
+            world
+                .commands
+                .iter()
+                .any(|(_, s, c)| *s == 1 && *c == SessionCommand::SetVolume(live)),
+            "Spotify told the live value"
+        );
+    }
     h.stop().await;
 }
 
@@ -208,11 +209,12 @@ async fn old_sessions_are_released_when_their_goodbye_hangs() {
         .await;
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let world = h.world.lock().unwrap();
-    assert_eq!(world.live_sessions(), 1);
-    assert_eq!(world.live_dealers(), 1);
-    assert_eq!(world.dealer_retries, 0, "no dead dealer retrying");
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert_eq!(world.live_sessions(), 1);
+        assert_eq!(world.live_dealers(), 1);
+        assert_eq!(world.dealer_retries, 0, "no dead dealer retrying");
+    }
     assert_eq!(h.handle.status().sessions_alive, 1);
     h.stop().await;
 }
@@ -235,15 +237,16 @@ async fn the_old_spirc_says_goodbye_before_the_new_one_registers() {
     h.world.lock().unwrap().goodbye_time = None;
     h.session(1).hang();
     active(&h, 2).await;
-    let world = h.world.lock().unwrap();
-    let goodbye = world.goodbyes.iter().find(|(_, s)| *s == 0).unwrap().0;
-    let registered = world.registrations.iter().find(|(_, s)| *s == 1).unwrap().0;
-    assert!(goodbye < registered, "goodbye first");
-    assert_eq!(
-        world.overlapping_registrations, 0,
-        "no old Spirc left running"
-    );
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        let goodbye = world.goodbyes.iter().find(|(_, s)| *s == 0).unwrap().0;
+        let registered = world.registrations.iter().find(|(_, s)| *s == 1).unwrap().0;
+        assert!(goodbye < registered, "goodbye first");
+        assert_eq!(
+            world.overlapping_registrations, 0,
+            "no old Spirc left running"
+        );
+    }
     h.stop().await;
 }
 
@@ -276,18 +279,19 @@ async fn a_speaker_still_listed_active_takes_playback_back_itself() {
             "took {took:?}"
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let world = h.world.lock().unwrap();
-        let expected = if playing {
-            SessionCommand::Transfer
-        } else {
-            SessionCommand::TransferPaused
-        };
-        assert!(world
-            .commands
-            .iter()
-            .any(|(_, s, c)| *s == 1 && *c == expected));
-        assert_eq!(world.plays_on(1), usize::from(playing), "playing={playing}");
-        drop(world);
+        {
+            let world = h.world.lock().unwrap();
+            let expected = if playing {
+                SessionCommand::Transfer
+            } else {
+                SessionCommand::TransferPaused
+            };
+            assert!(world
+                .commands
+                .iter()
+                .any(|(_, s, c)| *s == 1 && *c == expected));
+            assert_eq!(world.plays_on(1), usize::from(playing), "playing={playing}");
+        }
         h.stop().await;
     }
 }
@@ -302,11 +306,12 @@ async fn an_automatic_transfer_needs_no_fallback() {
     h.session(0).lose(Some("connection reset"));
     active(&h, 1).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let world = h.world.lock().unwrap();
-    assert!(!world.commands.iter().any(|(_, s, c)| *s == 1
-        && matches!(c, SessionCommand::Transfer | SessionCommand::TransferPaused)));
-    assert_eq!(world.plays_on(1), 1);
-    drop(world);
+    {
+        let world = h.world.lock().unwrap();
+        assert!(!world.commands.iter().any(|(_, s, c)| *s == 1
+            && matches!(c, SessionCommand::Transfer | SessionCommand::TransferPaused)));
+        assert_eq!(world.plays_on(1), 1);
+    }
     h.stop().await;
 }
 
@@ -418,10 +423,11 @@ async fn soak_a_thousand_losses() {
         max_alive = max_alive.max(h.handle.status().sessions_alive);
         max_tasks = max_tasks.max(metrics.num_alive_tasks());
     }
-    let world = h.world.lock().unwrap();
-    let drift = h.sim.raw.load(Ordering::SeqCst) - raw_before;
-    let writes = h.sim.writes.load(Ordering::SeqCst) - writes_before;
-    println!(
+    {
+        let world = h.world.lock().unwrap();
+        let drift = h.sim.raw.load(Ordering::SeqCst) - raw_before;
+        let writes = h.sim.writes.load(Ordering::SeqCst) - writes_before;
+        println!(
         "soak: 1000 losses in {:.0} s of virtual time; sessions_alive max {max_alive}, fake sessions live {} of {}, dealers live {}, spirc tasks live {}, dead-dealer retries {}, tasks {tasks_before} before / max {max_tasks} / {} after, volume drift {drift} steps, mixer writes {writes}",
         (Instant::now() - started).as_secs_f64(),
         world.live_sessions(),
@@ -431,18 +437,18 @@ async fn soak_a_thousand_losses() {
         world.dealer_retries,
         metrics.num_alive_tasks(),
     );
-    assert_eq!(world.sessions.len(), 1001);
-    assert_eq!(world.live_sessions(), 1);
-    assert_eq!(world.live_dealers(), 1);
-    assert_eq!(world.live_spircs(), 1);
-    assert_eq!(world.overlapping_registrations, 0);
-    assert_eq!(max_alive, 1);
-    assert!(
-        max_tasks <= tasks_before + 1,
-        "tasks {tasks_before} → {max_tasks}"
-    );
-    assert_eq!(drift, 0);
-    assert_eq!(writes, 0);
-    drop(world);
+        assert_eq!(world.sessions.len(), 1001);
+        assert_eq!(world.live_sessions(), 1);
+        assert_eq!(world.live_dealers(), 1);
+        assert_eq!(world.live_spircs(), 1);
+        assert_eq!(world.overlapping_registrations, 0);
+        assert_eq!(max_alive, 1);
+        assert!(
+            max_tasks <= tasks_before + 1,
+            "tasks {tasks_before} → {max_tasks}"
+        );
+        assert_eq!(drift, 0);
+        assert_eq!(writes, 0);
+    }
     h.stop().await;
 }
