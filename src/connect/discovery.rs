@@ -90,6 +90,11 @@ pub async fn run(
             .launch();
         let failure = match launched {
             Ok(mut discovery) => {
+                // The zeroconf server is up and libmdns is registering: the daemon may go on
+                // (its signal handlers come after readiness). "Visible" waits for the grace.
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
                 let up_at = tokio::time::Instant::now();
                 let announced = tokio::time::sleep(ANNOUNCE_GRACE);
                 tokio::pin!(announced);
@@ -104,9 +109,6 @@ pub async fn run(
                                     "zeroconf discovery up: \"{}\" is visible in the Spotify app",
                                     settings.name
                                 );
-                            }
-                            if let Some(ready) = ready.take() {
-                                let _ = ready.send(Ok(()));
                             }
                         }
                         next = discovery.next() => match next {

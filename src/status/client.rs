@@ -165,6 +165,22 @@ mod tests {
     }
 
     #[test]
+    fn premium_required_and_sessions_alive_are_shown() {
+        let mut status = base();
+        status["spotify"]["state"] = json!("discovery");
+        status["spotify"]["premium_required"] = json!(true);
+        status["spotify"]["sessions_alive"] = json!(0);
+        let text = render(&status);
+        assert!(
+            text.contains("spotify          discovery - Spotify Premium is required\n"),
+            "{text}"
+        );
+        assert!(text.contains("sessions alive   0\n"), "{text}");
+        let text = render(&base());
+        assert!(text.contains("spotify          connected\n"), "{text}");
+    }
+
+    #[test]
     fn no_cast_lines_before_a_cast() {
         let text = render(&base());
         assert!(text.contains("jellyfin         connected\n"), "{text}");

@@ -278,6 +278,8 @@ mod tests {
         assert_eq!(v["name"], "Kitchen <b>");
         assert_eq!(v["spotify"]["state"], "connected");
         assert_eq!(v["spotify"]["reconnect_count"], 3);
+        assert_eq!(v["spotify"]["sessions_alive"], 0);
+        assert_eq!(v["spotify"]["premium_required"], false);
         assert_eq!(v["spotify"]["last_loss"]["reason"], "keep-alive timeout");
         assert_eq!(v["volume_percent"], 50.0);
         assert_eq!(v["jellyfin"]["state"], "pairing");
