@@ -28,9 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::backoff::Backoff;
-use super::control::{
-    Command, ControlEndpoint, ControlError, LossRecord, PlaybackEvent, SpotifyState,
-};
+use super::control::{Command, ControlEndpoint, ControlError, LossRecord, SpotifyState};
 pub use super::credentials::CredentialCache;
 pub use super::heartbeat::Heartbeat;
 use super::liveness::SessionRegistry;
@@ -227,21 +225,7 @@ impl<B: ConnectBackend> Supervisor<B> {
         let mut credentials = self.store.load();
         let mut session_id: Option<String> = None;
         self.publish(|s| s.volume = self.mixer.volume());
-        self.marker_base = self.store.login_deaths();
-        if self.marker_base >= DEATHS_MEAN_NO_PREMIUM {
-            if credentials.is_some() {
-                error!(
-                    "Spotify Premium is required: the last {} starts ended right after logging in, which is what librespot does for an account without Premium; pick the speaker in the Spotify app with a Premium account",
-                    self.marker_base
-                );
-                self.store
-                    .set_aside("belong to an account without Spotify Premium");
-                credentials = None;
-                self.publish(|s| s.premium_required = true);
-            }
-            self.store.set_login_deaths(0);
-            self.marker_base = 0;
-        }
+        self.check_exit_loop(&mut credentials);
         loop {
             if *shutdown.borrow() {
                 return;
@@ -640,184 +624,7 @@ impl<B: ConnectBackend> Supervisor<B> {
         }
     }
 
-    /// Ends a session before anything else starts: Spirc's goodbye (disconnect and
-    /// `delete_connect_state_request`, over HTTPS, spirc.rs:567-579) must not reach Spotify after
-    /// the next Spirc registered the same device id. Waits for it up to `goodbye_timeout`, then
-    /// abandons the Spirc without its goodbye and closes the dealer the abort skipped.
-    async fn retire(&mut self, mut session: B::Session, meanwhile: ControlError, ended: bool) {
-        self.heartbeat.beat();
-        if ended {
-            // The Spirc task is over: goodbye said (or failed) and dealer closed.
-            drop(session);
-            self.publish_alive();
-            return;
-        }
-        session.shutdown();
-        let deadline = sleep_until(Instant::now() + self.settings.goodbye_timeout);
-        tokio::pin!(deadline);
-        let ended = loop {
-            tokio::select! {
-                _ = session.ended() => break true,
-                _ = &mut deadline => break false,
-                Some((_, reply)) = self.endpoint.commands.recv() => {
-                    let _ = reply.send(Err(meanwhile.clone()));
-                }
-                Some(signal) = self.events.recv() => self.on_signal_disconnected(signal),
-            }
-        };
-        if !ended {
-            warn!(
-                "the old Spotify session did not say goodbye within {} s; abandoning it",
-                self.settings.goodbye_timeout.as_secs_f64()
-            );
-            session.abandon().await;
-        }
-        drop(session);
-        self.heartbeat.beat();
-        self.publish_alive();
-    }
-
-    /// Raises the login marker for the attempt about to start (once per run).
-    fn raise_login_marker(&mut self) {
-        if !self.marker_raised {
-            self.store.set_login_deaths(self.marker_base + 1);
-            self.marker_raised = true;
-        }
-    }
-
-    /// The process outlived the attempt or the session's first seconds: put the marker back.
-    fn lower_login_marker(&mut self, to: u32) {
-        if self.marker_raised {
-            self.store.set_login_deaths(to);
-            self.marker_raised = false;
-        }
-    }
-
-    fn publish_alive(&mut self) {
-        let alive = self.registry.alive();
-        self.endpoint.status.send_if_modified(|s| {
-            let changed = s.sessions_alive != alive;
-            s.sessions_alive = alive;
-            changed
-        });
-    }
-
-    /// After the new session is activated: play exactly once if the user was playing.
-    fn resolve_intent(&mut self, session: &B::Session, path: &str) {
-        match self.frozen_intent.take() {
-            Some(Frozen { playing: true, .. }) => {
-                info!("playback re-attached ({path}); resuming play as the user was playing");
-                if let Err(e) = session.command(SessionCommand::Play) {
-                    warn!("could not resume playback: {e}");
-                }
-            }
-            Some(Frozen { playing: false, .. }) => {
-                info!("playback re-attached ({path}); staying paused as the user left it")
-            }
-            None => {}
-        }
-    }
-
-    /// Tells Spotify about a volume changed outside the daemon (a knob, amixer). The mixer
-    /// writes nothing for the step it is already on, so this cannot loop or drift.
-    fn sync_volume(&mut self, session: &B::Session, force: bool) {
-        let live = self.mixer.volume();
-        if live != self.told_volume || force {
-            if let Err(e) = session.command(SessionCommand::SetVolume(live)) {
-                warn!("could not report the volume to Spotify: {e}");
-                return;
-            }
-            if live != self.told_volume {
-                self.told_volume = live;
-                self.publish(|s| s.volume = live);
-                let _ = self
-                    .endpoint
-                    .events
-                    .send(PlaybackEvent::VolumeChanged(live));
-            }
-        }
-    }
-
-    /// Player events while connected.
-    fn on_signal(&mut self, signal: PlayerSignal) {
-        let tracking = self.frozen_intent.is_none();
-        let event = match signal {
-            PlayerSignal::Playing { position_ms } => {
-                self.playback_changed(tracking, true, position_ms);
-                Some(PlaybackEvent::Playing { position_ms })
-            }
-            PlayerSignal::Paused { position_ms } => {
-                self.playback_changed(tracking, false, position_ms);
-                Some(PlaybackEvent::Paused { position_ms })
-            }
-            PlayerSignal::Stopped => {
-                if tracking {
-                    self.was_playing.store(false, Ordering::SeqCst);
-                }
-                self.publish(|s| {
-                    s.playing = false;
-                    s.track = None;
-                });
-                Some(PlaybackEvent::Stopped)
-            }
-            PlayerSignal::Seeked { position_ms } => {
-                self.publish(|s| s.position_ms = position_ms);
-                Some(PlaybackEvent::Seeked { position_ms })
-            }
-            PlayerSignal::Position { position_ms } => {
-                self.publish(|s| s.position_ms = position_ms);
-                None
-            }
-            PlayerSignal::TrackChanged(track) => {
-                self.publish(|s| s.track = Some(track.clone()));
-                Some(PlaybackEvent::TrackChanged(track))
-            }
-            PlayerSignal::VolumeChanged(_) => {
-                // Spirc reports the value it was given (an app's slider); the hardware took the
-                // nearest step. Spotify already has its value: remember the step's, or the next
-                // sync would send it back as a change (an echo).
-                let live = self.mixer.volume();
-                self.told_volume = live;
-                self.publish(|s| s.volume = live);
-                Some(PlaybackEvent::VolumeChanged(live))
-            }
-            PlayerSignal::SessionConnected
-            | PlayerSignal::SessionDisconnected
-            | PlayerSignal::Loading
-            | PlayerSignal::EndOfTrack
-            | PlayerSignal::Unavailable => None,
-        };
-        if let Some(event) = event {
-            // No listener is fine: the Jellyfin sidecar may be off.
-            let _ = self.endpoint.events.send(event);
-        }
-    }
-
-    /// Playing or paused at a position: the status follows always, the intent only while it is
-    /// not frozen.
-    fn playback_changed(&mut self, tracking: bool, playing: bool, position_ms: u32) {
-        if tracking {
-            self.was_playing.store(playing, Ordering::SeqCst);
-        }
-        self.publish(|s| {
-            s.playing = playing;
-            s.position_ms = position_ms;
-        });
-    }
-
-    /// Player events with no session (the shutdown's pause, a load failing on the dead session):
-    /// they change what the status shows, never the frozen intent.
-    fn on_signal_disconnected(&mut self, signal: PlayerSignal) {
-        if matches!(
-            signal,
-            PlayerSignal::SessionConnected | PlayerSignal::SessionDisconnected
-        ) {
-            return;
-        }
-        self.on_signal(signal);
-    }
-
-    fn publish(&self, change: impl FnOnce(&mut super::control::SpeakerStatus)) {
+    pub(super) fn publish(&self, change: impl FnOnce(&mut super::control::SpeakerStatus)) {
         self.endpoint.status.send_modify(change);
     }
 }
@@ -847,6 +654,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
+#[path = "supervisor_premium.rs"]
+mod premium;
+#[path = "supervisor_retire.rs"]
+mod retire;
+#[path = "supervisor_signals.rs"]
+mod signals;
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]
 mod tests;
