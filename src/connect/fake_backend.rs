@@ -435,7 +435,10 @@ async fn run_spirc(
             world.active_device = None;
         }
     }
-    inner.active.store(false, Ordering::SeqCst);
+    if inner.active.swap(false, Ordering::SeqCst) || asked {
+        // `handle_disconnect` ends with `emit_session_disconnected_event` (spirc.rs:1221-1222).
+        inner.emit(PlayerSignal::SessionDisconnected);
+    }
     // spirc.rs:579
     inner.close_dealer();
     end.send_replace(true);
