@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod control;
 pub mod credentials;
 pub mod discovery;
+pub mod drop_progress;
 pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
