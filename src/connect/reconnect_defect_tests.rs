@@ -397,7 +397,7 @@ async fn soak_a_thousand_losses() {
                 0 => Some(Duration::from_millis(100)),
                 1 => Some(Duration::from_millis(1900)),
                 // Every packet dropped; not with the Spirc that ends on a live session below
-                // (librespot 0.8 has no logout, that end is a dealer failure, spirc.rs:449-453).
+                // (librespot 0.8 has no logout, that end is a dealer failure, spirc.rs:451-455).
                 _ if i % 4 == 3 => Some(Duration::from_millis(100)),
                 _ => None,
             };
