@@ -42,6 +42,9 @@ enum Command {
         /// Give up after this many seconds
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Drop the connection this many times in a row and print a summary (a soak test)
+        #[arg(long, default_value_t = 1)]
+        cycles: u32,
     },
     /// SD image: turn the boot partition's pispeaker.toml into runtime files (run at every boot)
     BootConfig {
@@ -111,10 +114,15 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Status) => block_on(crate::status::print_status(status_url(&config))),
-        Some(Command::DropTest { pid, timeout }) => block_on(drop_test::run(DropTestOptions {
+        Some(Command::DropTest {
+            pid,
+            timeout,
+            cycles,
+        }) => block_on(drop_test::run(DropTestOptions {
             pid,
             status_url: status_url(&config),
             timeout: Duration::from_secs(timeout),
+            cycles,
         })),
         Some(Command::Jellyfin {
             command: JellyfinCommand::Pair { server },

@@ -26,7 +26,9 @@ use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::credentials::{self, CredentialStore};
 use crate::connect::discovery::{self, DiscoverySettings};
 use crate::connect::librespot_backend::{self, LibrespotBackend};
+use crate::connect::netwatch;
 use crate::connect::supervisor::{Supervisor, SupervisorSettings};
+use crate::connect::volume_gate::StartupGate;
 use crate::{jellyfin, status, systemd};
 
 /// Exit status for a problem with the machine (devices, state directory) rather than the config.
@@ -165,6 +167,9 @@ async fn run_async(config: Config) -> ExitCode {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (credentials_tx, credentials_rx) = mpsc::channel(4);
 
+    // New network addresses cut discovery's and the supervisor's retry delays short.
+    let addresses = netwatch::spawn(shutdown_rx.clone());
+
     // Discovery first: READY means the speaker can be found.
     let (ready_tx, ready_rx) = oneshot::channel();
     let discovery_task = if config.disable_discovery {
@@ -184,6 +189,7 @@ async fn run_async(config: Config) -> ExitCode {
             credentials_tx,
             ready_tx,
             shutdown_rx.clone(),
+            addresses.clone(),
         )))
     };
 
@@ -196,9 +202,12 @@ async fn run_async(config: Config) -> ExitCode {
         ..SupervisorSettings::default()
     };
     let watchdog_poll = supervisor_settings.watchdog_period;
+    // Spirc writes its start-up volume late (after login); the supervisor holds this gate while
+    // connecting so that write cannot undo a knob turned meanwhile.
+    let startup_gate = StartupGate::new(mixer.clone());
     let backend = LibrespotBackend::new(
         player.clone(),
-        mixer.clone(),
+        startup_gate.clone(),
         session_config,
         config.name.clone(),
         device_type,
@@ -211,7 +220,9 @@ async fn run_async(config: Config) -> ExitCode {
         signals,
         endpoint,
         supervisor_settings,
-    );
+    )
+    .with_startup_gate(startup_gate)
+    .with_address_events(addresses);
     let heartbeat = supervisor.heartbeat();
     let supervisor_task = tokio::spawn(supervisor.run(shutdown_rx.clone()));
 
@@ -283,7 +294,9 @@ async fn run_async(config: Config) -> ExitCode {
     systemd::notify_stopping();
     info!("stopping");
     shutdown_tx.send_replace(true);
-    let _ = tokio::time::timeout(Duration::from_millis(1200), supervisor_task).await;
+    // The supervisor lets Spirc pause and say goodbye (at most 2 s), or abandons it and closes
+    // its dealer (at most 3 s more).
+    let _ = tokio::time::timeout(Duration::from_millis(5500), supervisor_task).await;
     if let Some(task) = discovery_task {
         let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
     }
@@ -294,7 +307,7 @@ async fn run_async(config: Config) -> ExitCode {
 
 /// A closure that says whether the supervisor is alive (heartbeat fresh within 3 polls).
 fn heartbeat_check(
-    heartbeat: crate::connect::supervisor::Heartbeat,
+    heartbeat: crate::connect::heartbeat::Heartbeat,
     poll: Duration,
 ) -> impl Fn() -> bool {
     move || heartbeat.age() <= poll * 3

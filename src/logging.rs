@@ -4,6 +4,7 @@
 //! they start with a syslog priority prefix (`<3>` …) instead so `journalctl -p warning` works.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -16,8 +17,9 @@ const DEFAULT_FILTER: &str = "info,libmdns=warn,hyper=warn,hyper_util=warn,rustl
 /// Installs the global logger. Safe to call twice (the second call does nothing).
 pub fn init() {
     let logger = builder().build();
-    // librespot's connection warnings are recorded even when the user filters them out.
-    let max = logger.filter().max(LevelFilter::Warn);
+    // librespot's connection warnings and its "Connecting to AP" line are recorded even when
+    // the user filters them out.
+    let max = logger.filter().max(LevelFilter::Info);
     if log::set_boxed_logger(Box::new(HintRecorder { inner: logger })).is_ok() {
         log::set_max_level(max);
     }
@@ -57,12 +59,14 @@ struct HintRecorder {
 
 impl Log for HintRecorder {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        self.inner.enabled(metadata) || is_session_warning(metadata)
+        self.inner.enabled(metadata) || is_session_line(metadata)
     }
 
     fn log(&self, record: &Record) {
         if is_session_warning(record.metadata()) {
             record_hint(record.level(), &record.args().to_string());
+        } else if is_session_line(record.metadata()) {
+            note_session_info(&record.args().to_string());
         }
         if self.inner.enabled(record.metadata()) {
             self.inner.log(record);
@@ -71,6 +75,34 @@ impl Log for HintRecorder {
 
     fn flush(&self) {
         self.inner.flush();
+    }
+}
+
+fn is_session_line(metadata: &Metadata) -> bool {
+    metadata.target().starts_with("librespot_core::session") && metadata.level() <= Level::Info
+}
+
+/// The port of the access point librespot connected to last: 4070, or 443 or 80 behind a
+/// firewall (core/src/apresolve.rs:131-136 hands them out in that order). 0: none yet.
+static AP_PORT_IN_USE: AtomicU16 = AtomicU16::new(0);
+
+/// Reads librespot's `Connecting to AP "host:port"` (core/src/session.rs:216).
+pub fn note_session_info(message: &str) {
+    if let Some(port) = parse_ap_line(message) {
+        AP_PORT_IN_USE.store(port, Ordering::Relaxed);
+    }
+}
+
+fn parse_ap_line(message: &str) -> Option<u16> {
+    let address = message.strip_prefix("Connecting to AP ")?.trim_matches('"');
+    address.rsplit_once(':')?.1.parse().ok()
+}
+
+/// See [`AP_PORT_IN_USE`].
+pub fn ap_port_in_use() -> Option<u16> {
+    match AP_PORT_IN_USE.load(Ordering::Relaxed) {
+        0 => None,
+        port => Some(port),
     }
 }
 
@@ -126,6 +158,20 @@ fn syslog_priority(level: Level) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_points_port_is_read_from_librespots_line() {
+        assert_eq!(
+            parse_ap_line("Connecting to AP \"ap-gew4.spotify.com:4070\""),
+            Some(4070)
+        );
+        assert_eq!(
+            parse_ap_line("Connecting to AP \"ap.spotify.com:443\""),
+            Some(443)
+        );
+        assert_eq!(parse_ap_line("Connecting to AP \"[2600::1]:80\""), Some(80));
+        assert_eq!(parse_ap_line("Connection to server closed."), None);
+    }
 
     #[test]
     fn session_messages_become_reasons() {

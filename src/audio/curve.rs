@@ -57,19 +57,24 @@ impl ControlRange {
 pub struct VolumeMapping {
     kind: VolumeCurveKind,
     min: i64,
-    /// Spotify volume of each raw step, strictly increasing.
+    /// Spotify volume of each table entry, strictly increasing.
     table: Vec<u16>,
+    /// Raw steps of the control. More than the table's entries (at most 65536) when the control
+    /// is finer than Spotify's scale: the table then samples the range evenly, ends included.
+    steps: usize,
 }
 
 /// Spotify's full scale.
 pub const MAX_VOLUME: u16 = u16::MAX;
 
 impl VolumeMapping {
-    /// Builds the table. Controls with more than 65536 steps cannot be strictly increasing on
-    /// Spotify's scale; they are sampled down by the caller (see the mixer), so here they are
-    /// clamped to their first 65536 steps rather than refused.
+    /// Builds the table. Controls with more than 65536 steps (a PipeWire or PulseAudio
+    /// "Master" is 0..=65536) cannot be strictly increasing on Spotify's scale: the table samples
+    /// 65536 of their steps evenly, the lowest and the highest included, so the top stays
+    /// reachable and reading a sampled step back selects that very step.
     pub fn new(kind: VolumeCurveKind, range_db: f64, control: &ControlRange) -> Self {
-        let steps = control.steps().clamp(1, usize::from(MAX_VOLUME) + 1);
+        let control_steps = control.steps().max(1);
+        let steps = control_steps.min(usize::from(MAX_VOLUME) + 1);
         let range_db = if range_db.is_finite() && range_db > 0.0 {
             range_db
         } else {
@@ -79,12 +84,14 @@ impl VolumeMapping {
             if steps == 1 {
                 return 1.0;
             }
-            let linear = i as f64 / (steps - 1) as f64;
+            let i = sample_offset(i, steps, control_steps);
+            let top = control_steps - 1;
+            let linear = i as f64 / top as f64;
             match kind {
                 VolumeCurveKind::Linear | VolumeCurveKind::Fixed => linear,
                 VolumeCurveKind::Log | VolumeCurveKind::Cubic => {
                     let relative_db = match &control.db {
-                        Some(db) => match (db.get(i), db.get(steps - 1)) {
+                        Some(db) => match (db.get(i), db.get(top)) {
                             (Some(at), Some(top)) if at.is_finite() => at - top,
                             _ => f64::NEG_INFINITY,
                         },
@@ -102,6 +109,7 @@ impl VolumeMapping {
             kind,
             min: control.min,
             table,
+            steps: control_steps,
         }
     }
 
@@ -111,8 +119,11 @@ impl VolumeMapping {
 
     /// Spotify volume of a raw step (values outside the range are clamped).
     pub fn from_raw(&self, raw: i64) -> u16 {
-        let index = raw.saturating_sub(self.min).max(0);
-        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        let offset = raw.saturating_sub(self.min).max(0);
+        let offset = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.steps.saturating_sub(1));
+        let index = table_index(offset, self.table.len(), self.steps);
         let last = self.table.len().saturating_sub(1);
         self.table.get(index.min(last)).copied().unwrap_or(0)
     }
@@ -133,8 +144,27 @@ impl VolumeMapping {
                 }
             }
         };
-        self.min + index as i64
+        self.min + sample_offset(index, self.table.len(), self.steps) as i64
     }
+}
+
+/// Raw offset of table entry `index` when `entries` entries sample `steps` raw steps.
+fn sample_offset(index: usize, entries: usize, steps: usize) -> usize {
+    if entries >= steps || entries < 2 {
+        return index;
+    }
+    let (index, entries, steps) = (index as u128, entries as u128, steps as u128);
+    ((index * (steps - 1) + (entries - 1) / 2) / (entries - 1)) as usize
+}
+
+/// The table entry nearest to raw offset `offset` (the inverse of [`sample_offset`] on
+/// sampled steps).
+fn table_index(offset: usize, entries: usize, steps: usize) -> usize {
+    if entries >= steps || entries < 2 {
+        return offset;
+    }
+    let (offset, entries, steps) = (offset as u128, entries as u128, steps as u128);
+    ((offset * (entries - 1) + (steps - 1) / 2) / (steps - 1)) as usize
 }
 
 /// Slider position (0..=1) at which a curve puts `relative_db` (≤ 0, relative to the top).
@@ -284,6 +314,41 @@ mod tests {
                     let r = m.to_raw(v);
                     assert!(r >= last, "{kind:?} {name}: to_raw not monotonic at {v}");
                     last = r;
+                }
+            }
+        }
+    }
+
+    /// Defect 4: a PipeWire/Pulse "Master" (0..=65536, 65537 steps) has its top reachable, and
+    /// every sampled step reads back to itself, so a reconnect moves nothing.
+    #[test]
+    fn controls_finer_than_spotifys_scale_are_sampled_top_included() {
+        for (min, max) in [(0i64, 65_536i64), (-200_000, 199_999)] {
+            let control = ControlRange { min, max, db: None };
+            for kind in [VolumeCurveKind::Log, VolumeCurveKind::Linear] {
+                let m = VolumeMapping::new(kind, 60.0, &control);
+                assert_eq!(m.to_raw(MAX_VOLUME), max, "{kind:?} {max}: top reachable");
+                assert_eq!(
+                    m.from_raw(max),
+                    MAX_VOLUME,
+                    "{kind:?} {max}: top reads as 100 %"
+                );
+                assert_eq!(m.to_raw(0), min);
+                let mut last = None;
+                for v in (0..=MAX_VOLUME)
+                    .step_by(13)
+                    .chain([MAX_VOLUME - 1, MAX_VOLUME])
+                {
+                    let raw = m.to_raw(v);
+                    assert_eq!(
+                        m.to_raw(m.from_raw(raw)),
+                        raw,
+                        "{kind:?}: round trip at {raw}"
+                    );
+                    if let Some(l) = last {
+                        assert!(raw >= l, "{kind:?}: monotonic at {v}");
+                    }
+                    last = Some(raw);
                 }
             }
         }

@@ -541,6 +541,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// Defect 4 at the mixer: the top of a 0..=65536 control is read and set back (what every
+    /// Spirc start did) without moving a step.
+    #[test]
+    fn the_top_of_a_65537_step_control_is_not_rewritten() {
+        let sim = SimControl {
+            range: Some(ControlRange {
+                min: 0,
+                max: 65_536,
+                db: None,
+            }),
+            ..Default::default()
+        };
+        sim.raw.store(65_536, Ordering::SeqCst);
+        let mixer = HardwareMixer::new(sim.clone(), VolumeCurveKind::Log, 60.0).unwrap();
+        for _ in 0..10 {
+            let v = mixer.volume();
+            assert_eq!(v, u16::MAX);
+            mixer.set_volume(v);
+        }
+        assert_eq!(sim.raw.load(Ordering::SeqCst), 65_536);
+        assert_eq!(sim.writes.load(Ordering::SeqCst), 0);
+        mixer.set_volume(u16::MAX);
+        assert_eq!(sim.raw.load(Ordering::SeqCst), 65_536);
+    }
+
     #[test]
     fn a_thousand_read_write_round_trips_never_drift_nor_write() {
         for curve in [

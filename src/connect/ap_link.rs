@@ -6,8 +6,10 @@
 //! with `SO_KEEPALIVE` and `TCP_USER_TIMEOUT` on the socket, the kernel errors the connection once
 //! the peer stops acknowledging, librespot's reader sees the error, the session is invalidated and
 //! the supervisor reconnects. librespot does not hand out its socket, but it lives in our process:
-//! we find it through `/proc/self/net/tcp*` (remote port 4070) and `/proc/self/fd`, and set the
-//! options on that descriptor. The same parsing serves `pispeaker drop-test`, which looks for the
+//! we find it through `/proc/self/net/tcp*` (the access point's port) and `/proc/self/fd`, and set
+//! the options on that descriptor. The port is the one librespot logged it connected to (4070, or
+//! 443 or 80 behind a firewall); on 443 our HTTPS connections are tuned too, which suits them as
+//! well: a dead peer fails them and librespot retries instead of hanging. The same parsing serves `pispeaker drop-test`, which looks for the
 //! daemon's connection from outside.
 
 use std::collections::HashSet;
@@ -18,8 +20,8 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::time::Duration;
 
-/// The access point's preferred port. (librespot falls back to 443 and 80 behind firewalls; those
-/// connections cannot be told apart from HTTPS, so only 4070 is tuned.)
+/// The access point's preferred port. librespot falls back to 443 and 80 behind firewalls;
+/// [`run_tuner`] follows whichever it connected to.
 pub const AP_PORT: u16 = 4070;
 
 /// TCP state `ESTABLISHED` in `/proc/net/tcp`.
@@ -139,6 +141,31 @@ pub fn connections_to_port(pid: Option<u32>, port: u16) -> io::Result<Vec<TcpCon
     Ok(found)
 }
 
+/// Established connections to `port` that process `pid` owns: `/proc/<pid>/net/tcp` lists the
+/// whole network namespace (another Spotify client on the same Pi too), so only rows whose
+/// socket inode is one of the process's descriptors (`/proc/<pid>/fd`) are kept.
+pub fn owned_connections_to_port(pid: u32, port: u16) -> io::Result<Vec<TcpConnection>> {
+    let mut owned = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue; // closed between readdir and readlink
+        };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            owned.insert(inode);
+        }
+    }
+    Ok(connections_to_port(Some(pid), port)?
+        .into_iter()
+        .filter(|c| c.inode != 0 && owned.contains(&c.inode))
+        .collect())
+}
+
 /// The descriptors of this process that are the socket with `inode`.
 fn own_fds_for_inode(inode: u64) -> io::Result<Vec<RawFd>> {
     let wanted = format!("socket:[{inode}]");
@@ -229,7 +256,13 @@ impl ApLinkTuner {
 
     /// Tunes new connections; returns the ones tuned by this call.
     pub fn tune_new(&mut self) -> io::Result<Vec<TcpConnection>> {
-        let current = connections_to_port(None, self.port)?;
+        self.tune_new_on(self.port)
+    }
+
+    /// As [`Self::tune_new`] for connections to `port` (the access point moved to a fallback).
+    pub fn tune_new_on(&mut self, port: u16) -> io::Result<Vec<TcpConnection>> {
+        self.port = port;
+        let current = connections_to_port(None, port)?;
         // Forget sockets that are gone so the set stays small over months of uptime.
         self.tuned
             .retain(|inode| current.iter().any(|c| c.inode == *inode));
@@ -267,7 +300,7 @@ pub async fn run_tuner(
         if *shutdown.borrow() {
             return;
         }
-        match tuner.tune_new() {
+        match tune_current_port(&mut tuner) {
             Ok(tuned) => {
                 failing = false;
                 for conn in tuned {
@@ -286,6 +319,11 @@ pub async fn run_tuner(
             Err(_) => {}
         }
     }
+}
+
+/// One tuning pass on the port librespot's access point is on now.
+fn tune_current_port(tuner: &mut ApLinkTuner) -> io::Result<Vec<TcpConnection>> {
+    tuner.tune_new_on(crate::logging::ap_port_in_use().unwrap_or(AP_PORT))
 }
 
 #[cfg(test)]
@@ -322,6 +360,47 @@ mod tests {
         assert_eq!(rows[0].remote, "[2001:db8::1]:4070".parse().unwrap());
         assert_eq!(rows[1].local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(rows[1].remote, "10.0.0.2:4070".parse().unwrap());
+    }
+
+    /// Defect 9: behind a firewall librespot's access point is on 443 or 80; the tuner follows
+    /// the port librespot logged instead of looking at 4070 only.
+    #[test]
+    fn the_tuner_follows_the_port_librespot_connected_to() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        crate::logging::note_session_info(&format!("Connecting to AP \"ap.spotify.com:{port}\""));
+        let mut tuner = ApLinkTuner::new(AP_PORT, LinkTuning::default());
+        let tuned = tune_current_port(&mut tuner).unwrap();
+        assert_eq!(tuned.len(), 1, "the connection on port {port} is tuned");
+    }
+
+    /// Another process's connection to the same port is listed namespace-wide but not owned.
+    #[test]
+    fn only_connections_the_process_owns_are_picked() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ours = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server_side = listener.accept().unwrap();
+        let mut other = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 30"),
+            ])
+            .spawn();
+        let child = other
+            .as_mut()
+            .expect("bash (for its /dev/tcp) runs the other client");
+        let _other_side = listener.accept().unwrap();
+        let me = std::process::id();
+        let all = connections_to_port(Some(me), port).unwrap();
+        let owned = owned_connections_to_port(me, port).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(owned.len(), 1, "{owned:?}");
+        assert_eq!(owned[0].local, ours.local_addr().unwrap());
+        assert_eq!(all.len(), 2, "the namespace-wide list has both: {all:?}");
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum ControlError {
     NoSession,
     #[error("the speaker is shutting down")]
     ShuttingDown,
+    /// Connected, but Spotify has not made this speaker the active device (or another device
+    /// took over): Spirc ignores every command then, so none is claimed to have worked.
+    #[error("this speaker is not the active Spotify device; pick it in the Spotify app first")]
+    NotActive,
     #[error("Spotify refused the command: {0}")]
     Rejected(String),
 }
@@ -82,6 +86,10 @@ pub struct SpeakerStatus {
     pub playing: bool,
     pub position_ms: u32,
     pub track: Option<TrackInfo>,
+    /// librespot sessions not yet released: 1 while connected; more means one leaks.
+    pub sessions_alive: u32,
+    /// The cached account lacks Spotify Premium (librespot exited right after its logins).
+    pub premium_required: bool,
 }
 
 impl SpeakerStatus {
@@ -95,6 +103,8 @@ impl SpeakerStatus {
             playing: false,
             position_ms: 0,
             track: None,
+            sessions_alive: 0,
+            premium_required: false,
         }
     }
 }

@@ -13,6 +13,8 @@ use crate::state;
 
 const CREDENTIALS_FILE: &str = "credentials.json";
 const DEVICE_ID_FILE: &str = "device_id";
+/// See [`CredentialStore::login_deaths`].
+const LOGIN_MARKER_FILE: &str = "login-in-flight";
 
 /// Reusable credentials on disk.
 #[derive(Debug, Clone)]
@@ -83,6 +85,76 @@ impl CredentialStore {
     }
 }
 
+impl CredentialStore {
+    fn marker_path(&self) -> PathBuf {
+        self.path.with_file_name(LOGIN_MARKER_FILE)
+    }
+
+    /// How many runs in a row died while logging in or within seconds after (the marker was
+    /// left behind). librespot calls `exit(1)` right after the login of an account without
+    /// Premium (core/src/session.rs:364-372), and systemd restarts us: this is how we notice.
+    pub fn login_deaths(&self) -> u32 {
+        match state::read_optional(&self.marker_path()) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).trim().parse().unwrap_or(1),
+            Ok(None) => 0,
+            Err(e) => {
+                warn!("cannot read {}: {e}", self.marker_path().display());
+                0
+            }
+        }
+    }
+
+    /// Sets the marker (0 removes it). Not a secret; written atomically like every state file.
+    pub fn set_login_deaths(&self, deaths: u32) {
+        let path = self.marker_path();
+        let result = if deaths == 0 {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            state::write_atomic_with_mode(&path, deaths.to_string().as_bytes(), 0o644)
+        };
+        if let Err(e) = result {
+            warn!("cannot update {}: {e}", path.display());
+        }
+    }
+}
+
+/// Where cached credentials live; [`CredentialStore`] in production.
+pub trait CredentialCache: Send {
+    fn load(&self) -> Option<Credentials>;
+    fn save(&self, credentials: &Credentials);
+    fn set_aside(&self, why: &str);
+    /// Runs in a row that died within seconds of logging in (see
+    /// [`CredentialStore::login_deaths`]).
+    fn login_deaths(&self) -> u32;
+    fn set_login_deaths(&self, deaths: u32);
+}
+
+impl CredentialCache for CredentialStore {
+    fn load(&self) -> Option<Credentials> {
+        CredentialStore::load(self)
+    }
+    fn save(&self, credentials: &Credentials) {
+        if let Err(e) = CredentialStore::save(self, credentials) {
+            warn!(
+                "cannot cache credentials in {}: {e}; the speaker will need to be picked again after a reboot",
+                self.path().display()
+            );
+        }
+    }
+    fn set_aside(&self, why: &str) {
+        CredentialStore::set_aside(self, why)
+    }
+    fn login_deaths(&self) -> u32 {
+        CredentialStore::login_deaths(self)
+    }
+    fn set_login_deaths(&self, deaths: u32) {
+        CredentialStore::set_login_deaths(self, deaths)
+    }
+}
+
 /// The speaker's Spotify device id: generated once, stored, never changed, so the Spotify app
 /// keeps recognising the speaker across reboots and renames.
 pub fn load_or_create_device_id(state_dir: &Path) -> io::Result<String> {
@@ -142,6 +214,18 @@ mod tests {
                     .starts_with("credentials.json.corrupt-")
             });
         assert!(aside);
+    }
+
+    #[test]
+    fn login_marker_counts_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(dir.path());
+        assert_eq!(store.login_deaths(), 0);
+        store.set_login_deaths(2);
+        assert_eq!(store.login_deaths(), 2);
+        store.set_login_deaths(0);
+        assert_eq!(store.login_deaths(), 0);
+        store.set_login_deaths(0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::control::TrackInfo;
 use super::session::{
     ConnectBackend, ConnectFailure, ConnectRequest, ConnectSession, PlayerSignal, SessionCommand,
+    SessionToken,
 };
 use crate::logging;
 
@@ -60,7 +61,14 @@ pub struct LibrespotSession {
     spirc: Spirc,
     task: Option<JoinHandle<()>>,
     connected_at: std::time::Instant,
+    /// Held here and by the Spirc task; see [`ConnectSession::liveness`].
+    token: Arc<SessionToken>,
 }
+
+/// Longest wait for `dealer().close()` after an abort. Its reconnect loop only looks at the close
+/// signal between attempts (core/src/dealer/mod.rs:700-716); dropping the close future aborts the
+/// dealer task anyway (`CancelOnDrop`, core/src/dealer/mod.rs:485-495).
+const DEALER_CLOSE_LIMIT: Duration = Duration::from_secs(3);
 
 impl ConnectBackend for LibrespotBackend {
     type Session = LibrespotSession;
@@ -94,11 +102,17 @@ impl ConnectBackend for LibrespotBackend {
             session.shutdown();
             classify(&e)
         })?;
+        let token = Arc::new(SessionToken);
+        let held = token.clone();
         Ok(LibrespotSession {
             session,
             spirc,
-            task: Some(tokio::spawn(task)),
+            task: Some(tokio::spawn(async move {
+                task.await;
+                drop(held);
+            })),
             connected_at: started,
+            token,
         })
     }
 }
@@ -146,14 +160,8 @@ impl ConnectSession for LibrespotSession {
             SessionCommand::SetVolume(v) => spirc.set_volume(v),
             SessionCommand::VolumeUp => spirc.volume_up(),
             SessionCommand::VolumeDown => spirc.volume_down(),
-            SessionCommand::Transfer => spirc.transfer(Some(TransferRequest {
-                transfer_options: TransferOptions {
-                    restore_paused: Some("resume".into()),
-                    restore_position: None,
-                    restore_track: None,
-                    retain_session: None,
-                },
-            })),
+            SessionCommand::Transfer => spirc.transfer(Some(transfer_request("resume"))),
+            SessionCommand::TransferPaused => spirc.transfer(Some(transfer_request("pause"))),
         };
         result.map_err(|e| e.to_string())
     }
@@ -163,20 +171,42 @@ impl ConnectSession for LibrespotSession {
     }
 
     fn shutdown(&mut self) {
+        // Spirc pauses, says goodbye over HTTPS and closes its dealer; invalidating the session
+        // makes its loop end after the Shutdown command even if nothing else wakes it.
         let _ = self.spirc.shutdown();
         self.session.shutdown();
+    }
+
+    async fn abandon(&mut self) {
         if let Some(task) = self.task.take() {
-            // Spirc may hang on a dead session; give it a moment to end cleanly, then abort.
-            let abort = task.abort_handle();
-            tokio::spawn(async move {
-                if tokio::time::timeout(Duration::from_secs(2), task)
-                    .await
-                    .is_err()
-                {
-                    abort.abort();
-                }
-            });
+            task.abort();
+            // Wait for the abort to land so the task no longer runs anything of Spirc's.
+            let _ = task.await;
         }
+        self.session.shutdown();
+        // What the abort skipped (spirc.rs:579): the dealer holds a strong Session and retries
+        // every 10 s until closed.
+        if tokio::time::timeout(DEALER_CLOSE_LIMIT, self.session.dealer().close())
+            .await
+            .is_err()
+        {
+            log::debug!("dealer did not close within {DEALER_CLOSE_LIMIT:?}; its task was aborted");
+        }
+    }
+
+    fn liveness(&self) -> std::sync::Weak<SessionToken> {
+        Arc::downgrade(&self.token)
+    }
+}
+
+fn transfer_request(restore_paused: &str) -> TransferRequest {
+    TransferRequest {
+        transfer_options: TransferOptions {
+            restore_paused: Some(restore_paused.into()),
+            restore_position: None,
+            restore_track: None,
+            retain_session: None,
+        },
     }
 }
 
@@ -222,6 +252,7 @@ pub fn spawn_signal_bridge(player: &Player) -> mpsc::UnboundedReceiver<PlayerSig
 fn map_event(event: PlayerEvent) -> Option<PlayerSignal> {
     Some(match event {
         PlayerEvent::SessionConnected { .. } => PlayerSignal::SessionConnected,
+        PlayerEvent::SessionDisconnected { .. } => PlayerSignal::SessionDisconnected,
         PlayerEvent::Playing { position_ms, .. } => PlayerSignal::Playing { position_ms },
         PlayerEvent::Paused { position_ms, .. } => PlayerSignal::Paused { position_ms },
         PlayerEvent::Stopped { .. } => PlayerSignal::Stopped,

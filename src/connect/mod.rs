@@ -6,10 +6,19 @@ pub mod backoff;
 pub mod control;
 pub mod credentials;
 pub mod discovery;
+pub mod drop_progress;
 pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
 mod fake_backend;
+pub mod heartbeat;
 pub mod librespot_backend;
+pub mod liveness;
+pub mod netwatch;
+#[cfg(test)]
+mod reconnect_defect_tests;
 pub mod session;
 pub mod supervisor;
+#[cfg(test)]
+mod supervisor_harness;
+pub mod volume_gate;

@@ -42,8 +42,11 @@ pub enum SessionCommand {
     VolumeUp,
     VolumeDown,
     /// Ask Spotify to transfer playback here, resuming (the fallback when the automatic transfer
-    /// does not come).
+    /// does not come and the user was playing).
     Transfer,
+    /// Ask Spotify to transfer playback here, paused (the fallback when the user had paused but
+    /// Spotify may still list this speaker as the active device, which then ignores the app).
+    TransferPaused,
 }
 
 /// What the one `Player` reports, reduced to what the supervisor and its listeners use.
@@ -51,6 +54,9 @@ pub enum SessionCommand {
 pub enum PlayerSignal {
     /// Spirc activated this device (a transfer arrived); emitted just before the track loads.
     SessionConnected,
+    /// Spirc made this device inactive (another device took over, spirc.rs:1215-1228): from
+    /// now on it ignores every command but a transfer.
+    SessionDisconnected,
     Playing {
         position_ms: u32,
     },
@@ -103,7 +109,22 @@ pub trait ConnectSession: Send {
     /// What is known about why the connection died, if anything.
     fn loss_reason(&self) -> Option<String>;
 
-    /// Stops Spirc (pausing the player) and releases the session. Must not block on a dead
-    /// connection.
+    /// Asks Spirc to stop: it pauses the player, says goodbye to Spotify over HTTPS (disconnect
+    /// and `delete_connect_state_request`), closes its dealer and ends; [`Self::ended`] resolves
+    /// then. Returns at once: the goodbye may hang on a dead network, so the supervisor waits
+    /// for it with a deadline and calls [`Self::abandon`] when it does not come.
     fn shutdown(&mut self);
+
+    /// Gives up on a Spirc that did not end: aborts its task (which skips the goodbye *and*
+    /// `dealer().close()`), then closes the dealer itself, whose reconnect loop would otherwise
+    /// hold the session for ever. Resolves once the dealer is closed.
+    fn abandon(&mut self) -> impl Future<Output = ()> + Send + '_;
+
+    /// A token that lives as long as anything may still hold this session (its Spirc task, its
+    /// dealer, this handle): the supervisor counts the live ones (`sessions_alive`).
+    fn liveness(&self) -> std::sync::Weak<SessionToken>;
 }
+
+/// See [`ConnectSession::liveness`].
+#[derive(Debug, Default)]
+pub struct SessionToken;

@@ -18,23 +18,25 @@
 //! credentials end the loop for that account, sending the speaker back to discovery.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use librespot_core::authentication::Credentials;
 use librespot_playback::mixer::Mixer;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use super::backoff::Backoff;
-use super::control::{
-    Command, ControlEndpoint, ControlError, LossRecord, PlaybackEvent, SpotifyState,
-};
-use super::credentials::CredentialStore;
+use super::control::{Command, ControlEndpoint, ControlError, LossRecord, SpotifyState};
+pub use super::credentials::CredentialCache;
+pub use super::heartbeat::Heartbeat;
+use super::liveness::SessionRegistry;
+use super::netwatch::AddressEvents;
 use super::session::{
     ConnectBackend, ConnectFailure, ConnectRequest, ConnectSession, PlayerSignal, SessionCommand,
 };
+use super::volume_gate::StartupGate;
 
 /// Tunables, from the configuration.
 #[derive(Debug, Clone)]
@@ -54,7 +56,16 @@ pub struct SupervisorSettings {
     pub volume_poll: Duration,
     /// Longest a single connection attempt may take.
     pub connect_timeout: Duration,
+    /// Longest wait for an old Spirc's goodbye before it is abandoned and the next one starts.
+    pub goodbye_timeout: Duration,
+    /// A run that dies within this time after logging in leaves the login marker behind (see
+    /// [`CredentialCache::login_deaths`]).
+    pub login_check_window: Duration,
 }
+
+/// Runs in a row that died right after logging in before the account is taken to lack Premium.
+/// Two, so that one power cut at the wrong second does not throw a user's login away.
+pub const DEATHS_MEAN_NO_PREMIUM: u32 = 2;
 
 impl Default for SupervisorSettings {
     fn default() -> Self {
@@ -68,56 +79,9 @@ impl Default for SupervisorSettings {
             watchdog_period: Duration::from_secs(2),
             volume_poll: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(30),
+            goodbye_timeout: Duration::from_secs(2),
+            login_check_window: Duration::from_secs(15),
         }
-    }
-}
-
-/// Where cached credentials live; [`CredentialStore`] in production.
-pub trait CredentialCache: Send {
-    fn load(&self) -> Option<Credentials>;
-    fn save(&self, credentials: &Credentials);
-    fn set_aside(&self, why: &str);
-}
-
-impl CredentialCache for CredentialStore {
-    fn load(&self) -> Option<Credentials> {
-        CredentialStore::load(self)
-    }
-    fn save(&self, credentials: &Credentials) {
-        if let Err(e) = CredentialStore::save(self, credentials) {
-            warn!(
-                "cannot cache credentials in {}: {e}; the speaker will need to be picked again after a reboot",
-                self.path().display()
-            );
-        }
-    }
-    fn set_aside(&self, why: &str) {
-        CredentialStore::set_aside(self, why)
-    }
-}
-
-/// Proof of life for the systemd watchdog: beats on every turn of the supervisor's loops (at
-/// least every `watchdog_period`), whatever state it is in.
-#[derive(Debug, Clone)]
-pub struct Heartbeat(Arc<Mutex<Instant>>);
-
-impl Heartbeat {
-    fn new() -> Self {
-        Self(Arc::new(Mutex::new(Instant::now())))
-    }
-
-    fn beat(&self) {
-        if let Ok(mut last) = self.0.lock() {
-            *last = Instant::now();
-        }
-    }
-
-    /// Time since the last beat.
-    pub fn age(&self) -> Duration {
-        self.0
-            .lock()
-            .map(|last| last.elapsed())
-            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -134,6 +98,14 @@ enum AttemptEnd<S> {
     Done(Result<Result<S, ConnectFailure>, ()>),
     NewCredentials(Credentials),
     Shutdown,
+}
+
+/// The user's intent, frozen at a loss.
+#[derive(Debug, Clone, Copy)]
+struct Frozen {
+    playing: bool,
+    /// This speaker was the active device: Spotify may still list it as active.
+    active: bool,
 }
 
 /// How watching a live session ended.
@@ -160,7 +132,20 @@ pub struct Supervisor<B: ConnectBackend> {
     /// The user's intent as the player reports it.
     was_playing: Arc<AtomicBool>,
     /// The intent frozen at the moment of a loss; `Some` until the new session resolves it.
-    frozen_intent: Option<bool>,
+    frozen_intent: Option<Frozen>,
+    /// Spirc has activated this device (it ignores every command but a transfer until then).
+    active: bool,
+    /// Set: Spirc's start-up volume write is kept off the mixer while connecting.
+    gate: Option<Arc<StartupGate>>,
+    registry: SessionRegistry,
+    /// The login marker as found at start (runs that died after login).
+    marker_base: u32,
+    /// The marker is raised for the attempt or session in flight.
+    marker_raised: bool,
+    /// Ticks when a network address appears: a backoff wait ends at once.
+    addresses: Option<AddressEvents>,
+    /// The last connection failure, logged once until it changes or a connection succeeds.
+    last_failure: Option<String>,
     /// What Spotify was last told the volume is.
     told_volume: u16,
     discovery_open: bool,
@@ -206,9 +191,29 @@ impl<B: ConnectBackend> Supervisor<B> {
             backoff,
             was_playing: Arc::new(AtomicBool::new(false)),
             frozen_intent: None,
+            active: false,
+            gate: None,
+            registry: SessionRegistry::default(),
+            marker_base: 0,
+            marker_raised: false,
+            addresses: None,
+            last_failure: None,
             told_volume: 0,
             discovery_open: true,
         }
+    }
+
+    /// The mixer handed to the backend (and so to Spirc) is `gate`: the supervisor holds it
+    /// while connecting, so Spirc's late start-up write cannot undo a knob turned meanwhile.
+    pub fn with_startup_gate(mut self, gate: Arc<StartupGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// A new network address ends a backoff wait at once (the Wi-Fi came up).
+    pub fn with_address_events(mut self, addresses: AddressEvents) -> Self {
+        self.addresses = Some(addresses);
+        self
     }
 
     pub fn heartbeat(&self) -> Heartbeat {
@@ -220,6 +225,7 @@ impl<B: ConnectBackend> Supervisor<B> {
         let mut credentials = self.store.load();
         let mut session_id: Option<String> = None;
         self.publish(|s| s.volume = self.mixer.volume());
+        self.check_exit_loop(&mut credentials);
         loop {
             if *shutdown.borrow() {
                 return;
@@ -254,6 +260,14 @@ impl<B: ConnectBackend> Supervisor<B> {
                 session_id: session_id.clone(),
                 initial_volume,
             };
+            self.raise_login_marker();
+            let gate = match &self.gate {
+                Some(gate) if !self.settings.fresh_install => Some(gate.clone()),
+                _ => None,
+            };
+            if let Some(gate) = &gate {
+                gate.hold();
+            }
 
             let outcome = {
                 // Only fields disjoint from `backend` are touched while the attempt runs; player
@@ -291,6 +305,9 @@ impl<B: ConnectBackend> Supervisor<B> {
                 (outcome, signals)
             };
             let (outcome, signals) = outcome;
+            if let Some(gate) = &gate {
+                gate.release();
+            }
             for signal in signals {
                 self.on_signal_disconnected(signal);
             }
@@ -298,6 +315,7 @@ impl<B: ConnectBackend> Supervisor<B> {
                 AttemptEnd::Shutdown => return,
                 AttemptEnd::NewCredentials(c) => {
                     info!("a new Spotify user picked the speaker while connecting");
+                    self.lower_login_marker(self.marker_base);
                     credentials = Some(c);
                     session_id = None;
                     self.frozen_intent = None;
@@ -326,6 +344,11 @@ impl<B: ConnectBackend> Supervisor<B> {
                     if let Some(reusable) = session.reusable_credentials() {
                         self.store.save(&reusable);
                     }
+                    if self.last_failure.take().is_some() {
+                        info!("reached Spotify again");
+                    }
+                    self.registry.register(session.liveness());
+                    self.publish_alive();
                     self.settings.fresh_install = false;
                     match self.watch(session, reconnecting, &mut shutdown).await {
                         WatchEnd::Shutdown => return,
@@ -356,13 +379,25 @@ impl<B: ConnectBackend> Supervisor<B> {
                 Err(ConnectFailure::CredentialsRejected(why)) => {
                     error!("Spotify rejected the stored credentials ({why}); waiting for the speaker to be picked in the Spotify app again");
                     self.store.set_aside("were rejected by Spotify");
+                    self.lower_login_marker(0);
+                    self.marker_base = 0;
                     session_id = None;
                     self.frozen_intent = None;
                     credentials = None;
                 }
                 Err(ConnectFailure::Transient(why)) => {
+                    // The process survived the attempt: it says nothing about the account.
+                    self.lower_login_marker(self.marker_base);
                     credentials = Some(creds);
-                    warn!("cannot reach Spotify: {why}");
+                    // One line per kind of failure, not per attempt (the image's journal is in
+                    // RAM and an access point may be off for hours); the rest at debug.
+                    let repeated = self.last_failure.as_deref() == Some(why.as_str());
+                    if !repeated {
+                        warn!("cannot reach Spotify: {why}; retrying, waiting longer after each failure (at most {} s)", self.settings.backoff_max.as_secs());
+                    } else {
+                        debug!("cannot reach Spotify: {why}");
+                    }
+                    self.last_failure = Some(why);
                     if self
                         .pause_before_retry(&mut credentials, &mut shutdown)
                         .await
@@ -381,7 +416,11 @@ impl<B: ConnectBackend> Supervisor<B> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let delay = self.backoff.next_delay();
-        info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        if self.last_failure.is_none() {
+            info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        } else {
+            debug!("reconnecting in {:.1} s", delay.as_secs_f64());
+        }
         match self.wait(Some(Instant::now() + delay), shutdown).await {
             Interrupt::Shutdown => true,
             Interrupt::Elapsed => false,
@@ -403,14 +442,30 @@ impl<B: ConnectBackend> Supervisor<B> {
         let deadline = sleep_until(until.unwrap_or_else(far_future));
         tokio::pin!(deadline);
         let waiting_for_user = until.is_none();
+        let mut addresses = self.addresses.clone();
         loop {
+            let address_appeared = async {
+                match addresses.as_mut() {
+                    Some(rx) if !waiting_for_user => rx.changed().await.is_ok(),
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut deadline => return Interrupt::Elapsed,
+                appeared = address_appeared => {
+                    if appeared {
+                        info!("a network address appeared; reconnecting now");
+                        self.backoff.reset();
+                        return Interrupt::Elapsed;
+                    }
+                    addresses = None;
+                }
                 _ = shutdown.changed() => return Interrupt::Shutdown,
                 _ = tick.tick() => {
                     self.heartbeat.beat();
                     let live = self.mixer.volume();
                     self.publish(|s| s.volume = live);
+                    self.publish_alive();
                 }
                 received = self.discovered.recv(), if self.discovery_open => match received {
                     Some(c) => return Interrupt::NewCredentials(c),
@@ -438,30 +493,41 @@ impl<B: ConnectBackend> Supervisor<B> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> WatchEnd {
         let connected_at = Instant::now();
+        self.active = false;
         self.told_volume = self.mixer.volume();
         let told = self.told_volume;
         self.publish(|s| {
             s.spotify = SpotifyState::Connected;
             s.volume = told;
+            s.premium_required = false;
         });
-        // Only a reconnect of a user who was playing needs the transfer fallback.
+        // Only a reconnect of a speaker that was the active device needs the transfer
+        // fallback; one that was not has nothing to restore.
         let mut transfer_deadline = match self.frozen_intent {
-            Some(_) if reconnected => Some(Instant::now() + self.settings.transfer_timeout),
-            _ => None,
+            Some(frozen) if reconnected && frozen.active => {
+                Some(Instant::now() + self.settings.transfer_timeout)
+            }
+            Some(_) => {
+                self.frozen_intent = None;
+                None
+            }
+            None => None,
         };
         let mut fallback_requested = false;
         let mut watchdog = tokio::time::interval(self.settings.watchdog_period);
         let mut volume_poll = tokio::time::interval(self.settings.volume_poll);
 
+        let mut spirc_ended = false;
         let reason = loop {
             let deadline = sleep_until(transfer_deadline.unwrap_or_else(far_future));
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
-                    session.shutdown();
+                    self.retire(session, ControlError::ShuttingDown, false).await;
                     return WatchEnd::Shutdown;
                 }
                 _ = session.ended() => {
+                    spirc_ended = true;
                     break match (session.is_invalid(), session.loss_reason()) {
                         (_, Some(reason)) => reason,
                         (true, None) => "keep-alive timeout".to_string(),
@@ -470,13 +536,24 @@ impl<B: ConnectBackend> Supervisor<B> {
                 }
                 _ = watchdog.tick() => {
                     self.heartbeat.beat();
+                    self.publish_alive();
+                    if self.marker_raised && connected_at.elapsed() >= self.settings.login_check_window {
+                        // Still alive well after the login: librespot did not exit, Premium.
+                        self.lower_login_marker(0);
+                        self.marker_base = 0;
+                    }
                     if session.is_invalid() {
                         let cause = session.loss_reason().unwrap_or_else(|| "keep-alive timeout".into());
                         break format!("spirc hung on invalid session ({cause})");
                     }
                 }
                 Some(signal) = self.events.recv() => {
+                    if signal == PlayerSignal::SessionDisconnected {
+                        info!("another device took over playback; this speaker is no longer active");
+                        self.active = false;
+                    }
                     if signal == PlayerSignal::SessionConnected {
+                        self.active = true;
                         transfer_deadline = None;
                         self.resolve_intent(&session, if fallback_requested { "transfer fallback" } else { "automatic transfer" });
                         // Spirc's own idea of the volume may be stale after a transfer.
@@ -486,31 +563,33 @@ impl<B: ConnectBackend> Supervisor<B> {
                 }
                 _ = deadline, if transfer_deadline.is_some() => {
                     transfer_deadline = None;
-                    match self.frozen_intent {
-                        Some(true) => {
-                            info!(
-                                "no automatic transfer within {} s; asking Spotify to transfer playback here (fallback)",
-                                self.settings.transfer_timeout.as_secs()
-                            );
-                            fallback_requested = true;
-                            if let Err(e) = session.command(SessionCommand::Transfer) {
-                                warn!("transfer fallback failed: {e}");
-                            }
-                        }
-                        _ => {
-                            info!("no automatic transfer after the reconnect; playback was paused, so the speaker stays idle");
-                            self.frozen_intent = None;
-                        }
+                    // librespot transfers by itself only when Spotify lists no active device
+                    // (or the same or an empty session id, spirc.rs:845-850); after an outage
+                    // it may still list this speaker, whose new Spirc then ignores the app.
+                    // Ask for the transfer to ourselves, keeping the user's play/pause.
+                    let (command, how) = match self.frozen_intent {
+                        Some(Frozen { playing: true, .. }) => (SessionCommand::Transfer, "resuming"),
+                        _ => (SessionCommand::TransferPaused, "paused as the user left it"),
+                    };
+                    info!(
+                        "no automatic transfer within {} s (Spotify may still list the old connection as active); asking Spotify to transfer playback here, {how} (fallback)",
+                        self.settings.transfer_timeout.as_secs()
+                    );
+                    fallback_requested = true;
+                    if let Err(e) = session.command(command) {
+                        warn!("transfer fallback failed: {e}");
                     }
                 }
                 _ = volume_poll.tick() => self.sync_volume(&session, false),
                 Some((command, reply)) = self.endpoint.commands.recv() => {
-                    let _ = reply.send(forward(&session, command));
+                    // Spirc drops every command but a transfer while not active (spirc.rs:660).
+                    let answer = if self.active { forward(&session, command) } else { Err(ControlError::NotActive) };
+                    let _ = reply.send(answer);
                 }
                 received = self.discovered.recv(), if self.discovery_open => match received {
                     Some(c) => {
                         info!("another Spotify user picked the speaker; switching accounts");
-                        session.shutdown();
+                        self.retire(session, ControlError::Reconnecting, false).await;
                         return WatchEnd::NewCredentials(c);
                     }
                     None => self.discovery_open = false,
@@ -521,11 +600,14 @@ impl<B: ConnectBackend> Supervisor<B> {
         // Freeze the intent before anything pauses the player. A loss while already frozen (a
         // reconnect that failed before resolving) keeps the user's original intent.
         if self.frozen_intent.is_none() {
-            self.frozen_intent = Some(self.was_playing.load(Ordering::SeqCst));
+            self.frozen_intent = Some(Frozen {
+                playing: self.was_playing.load(Ordering::SeqCst),
+                active: self.active,
+            });
         }
+        self.active = false;
         let session_id = session.session_id();
         warn!("session lost: {reason}");
-        session.shutdown();
         self.publish(|s| {
             s.spotify = SpotifyState::Reconnecting;
             s.reconnect_count += 1;
@@ -534,120 +616,15 @@ impl<B: ConnectBackend> Supervisor<B> {
                 at: SystemTime::now(),
             });
         });
+        self.retire(session, ControlError::Reconnecting, spirc_ended)
+            .await;
         WatchEnd::Lost {
             session_id,
             uptime: connected_at.elapsed(),
         }
     }
 
-    /// After the new session is activated: play exactly once if the user was playing.
-    fn resolve_intent(&mut self, session: &B::Session, path: &str) {
-        match self.frozen_intent.take() {
-            Some(true) => {
-                info!("playback re-attached ({path}); resuming play as the user was playing");
-                if let Err(e) = session.command(SessionCommand::Play) {
-                    warn!("could not resume playback: {e}");
-                }
-            }
-            Some(false) => {
-                info!("playback re-attached ({path}); staying paused as the user left it")
-            }
-            None => {}
-        }
-    }
-
-    /// Tells Spotify about a volume changed outside the daemon (a knob, amixer). The mixer
-    /// writes nothing for the step it is already on, so this cannot loop or drift.
-    fn sync_volume(&mut self, session: &B::Session, force: bool) {
-        let live = self.mixer.volume();
-        if live != self.told_volume || force {
-            if let Err(e) = session.command(SessionCommand::SetVolume(live)) {
-                warn!("could not report the volume to Spotify: {e}");
-                return;
-            }
-            if live != self.told_volume {
-                self.told_volume = live;
-                self.publish(|s| s.volume = live);
-                let _ = self
-                    .endpoint
-                    .events
-                    .send(PlaybackEvent::VolumeChanged(live));
-            }
-        }
-    }
-
-    /// Player events while connected.
-    fn on_signal(&mut self, signal: PlayerSignal) {
-        let tracking = self.frozen_intent.is_none();
-        let event = match signal {
-            PlayerSignal::Playing { position_ms } => {
-                self.playback_changed(tracking, true, position_ms);
-                Some(PlaybackEvent::Playing { position_ms })
-            }
-            PlayerSignal::Paused { position_ms } => {
-                self.playback_changed(tracking, false, position_ms);
-                Some(PlaybackEvent::Paused { position_ms })
-            }
-            PlayerSignal::Stopped => {
-                if tracking {
-                    self.was_playing.store(false, Ordering::SeqCst);
-                }
-                self.publish(|s| {
-                    s.playing = false;
-                    s.track = None;
-                });
-                Some(PlaybackEvent::Stopped)
-            }
-            PlayerSignal::Seeked { position_ms } => {
-                self.publish(|s| s.position_ms = position_ms);
-                Some(PlaybackEvent::Seeked { position_ms })
-            }
-            PlayerSignal::Position { position_ms } => {
-                self.publish(|s| s.position_ms = position_ms);
-                None
-            }
-            PlayerSignal::TrackChanged(track) => {
-                self.publish(|s| s.track = Some(track.clone()));
-                Some(PlaybackEvent::TrackChanged(track))
-            }
-            PlayerSignal::VolumeChanged(volume) => {
-                self.told_volume = volume;
-                self.publish(|s| s.volume = volume);
-                Some(PlaybackEvent::VolumeChanged(volume))
-            }
-            PlayerSignal::SessionConnected
-            | PlayerSignal::Loading
-            | PlayerSignal::EndOfTrack
-            | PlayerSignal::Unavailable => None,
-        };
-        if let Some(event) = event {
-            // No listener is fine: the Jellyfin sidecar may be off.
-            let _ = self.endpoint.events.send(event);
-        }
-    }
-
-    /// Playing or paused at a position: the status follows always, the intent only while it is
-    /// not frozen.
-    fn playback_changed(&mut self, tracking: bool, playing: bool, position_ms: u32) {
-        if tracking {
-            self.was_playing.store(playing, Ordering::SeqCst);
-        }
-        self.publish(|s| {
-            s.playing = playing;
-            s.position_ms = position_ms;
-        });
-    }
-
-    /// Player events with no session (the shutdown's pause, a load failing on the dead session):
-    /// they change what the status shows, never the frozen intent.
-    fn on_signal_disconnected(&mut self, signal: PlayerSignal) {
-        if matches!(signal, PlayerSignal::SessionConnected) {
-            return;
-        }
-        self.on_signal(signal);
-    }
-
-    fn publish(&self, change: impl FnOnce(&mut super::control::SpeakerStatus)) {
+    pub(super) fn publish(&self, change: impl FnOnce(&mut super::control::SpeakerStatus)) {
         self.endpoint.status.send_modify(change);
     }
 }
@@ -677,6 +654,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
+#[path = "supervisor_premium.rs"]
+mod premium;
+#[path = "supervisor_retire.rs"]
+mod retire;
+#[path = "supervisor_signals.rs"]
+mod signals;
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]
 mod tests;

@@ -5,170 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use librespot_core::authentication::Credentials;
 use librespot_playback::mixer::Mixer;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::*;
 use crate::audio::{HardwareMixer, SimControl, VolumeCurveKind};
-use crate::connect::control::{self, ControlHandle, SpeakerStatus};
+use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::fake_backend::{FakeBackend, FakeWorld};
-
-#[derive(Default)]
-struct StoreLog {
-    current: Option<Credentials>,
-    saved: usize,
-    set_aside: Vec<String>,
-}
-
-#[derive(Clone, Default)]
-struct FakeStore(Arc<Mutex<StoreLog>>);
-
-impl CredentialCache for FakeStore {
-    fn load(&self) -> Option<Credentials> {
-        self.0.lock().unwrap().current.clone()
-    }
-    fn save(&self, credentials: &Credentials) {
-        let mut log = self.0.lock().unwrap();
-        log.current = Some(credentials.clone());
-        log.saved += 1;
-    }
-    fn set_aside(&self, why: &str) {
-        let mut log = self.0.lock().unwrap();
-        log.current = None;
-        log.set_aside.push(why.to_string());
-    }
-}
-
-fn creds(user: &str) -> Credentials {
-    Credentials {
-        username: Some(user.into()),
-        auth_data: vec![1, 2, 3],
-        ..Credentials::default()
-    }
-}
-
-struct Harness {
-    world: Arc<Mutex<FakeWorld>>,
-    sim: SimControl,
-    mixer: Arc<dyn Mixer>,
-    handle: ControlHandle,
-    events: mpsc::UnboundedSender<PlayerSignal>,
-    discovered: mpsc::Sender<Credentials>,
-    store: FakeStore,
-    shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn settings() -> SupervisorSettings {
-    SupervisorSettings {
-        transfer_timeout: Duration::from_secs(10),
-        ..SupervisorSettings::default()
-    }
-}
-
-fn start(
-    cached: Option<Credentials>,
-    settings: SupervisorSettings,
-    auto_transfer: bool,
-) -> Harness {
-    let sim = SimControl::pcm512x(160);
-    let mixer: Arc<dyn Mixer> =
-        Arc::new(HardwareMixer::new(sim.clone(), VolumeCurveKind::Log, 60.0).unwrap());
-    let world = Arc::new(Mutex::new(FakeWorld {
-        auto_transfer,
-        transfer_on_request: true,
-        ..FakeWorld::default()
-    }));
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (discovered_tx, discovered_rx) = mpsc::channel(4);
-    let (handle, endpoint) = control::channel(SpeakerStatus::new("test", 0));
-    let store = FakeStore::default();
-    store.0.lock().unwrap().current = cached;
-    let backend = FakeBackend {
-        world: world.clone(),
-        events: events_tx.clone(),
-        mixer: mixer.clone(),
-    };
-    let supervisor = Supervisor::with_backoff(
-        backend,
-        mixer.clone(),
-        Box::new(store.clone()),
-        discovered_rx,
-        events_rx,
-        endpoint,
-        settings.clone(),
-        Backoff::with_rng(
-            settings.backoff_initial,
-            settings.backoff_max,
-            StdRng::seed_from_u64(7),
-        ),
-    );
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(supervisor.run(shutdown_rx));
-    Harness {
-        world,
-        sim,
-        mixer,
-        handle,
-        events: events_tx,
-        discovered: discovered_tx,
-        store,
-        shutdown: shutdown_tx,
-        task,
-    }
-}
-
-impl Harness {
-    /// Lets virtual time pass until `cond` holds (at most `limit`).
-    async fn until(&self, limit: Duration, what: &str, cond: impl Fn(&FakeWorld) -> bool) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if cond(&self.world.lock().unwrap()) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn wait_sessions(&self, n: usize) {
-        self.until(Duration::from_secs(600), &format!("{n} sessions"), |w| {
-            w.sessions.len() >= n
-        })
-        .await;
-    }
-
-    fn session(&self, i: usize) -> crate::connect::fake_backend::FakeSessionCtl {
-        self.world.lock().unwrap().sessions[i].clone()
-    }
-
-    /// The user presses play in the app (the player reports it).
-    async fn user_plays(&self) {
-        self.events
-            .send(PlayerSignal::Playing { position_ms: 1000 })
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    async fn user_pauses(&self) {
-        self.events
-            .send(PlayerSignal::Paused { position_ms: 2000 })
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    async fn stop(self) {
-        self.shutdown.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("supervisor stops on shutdown")
-            .unwrap();
-    }
-}
+use crate::connect::supervisor_harness::{creds, settings, start, FakeStore};
 
 /// Issue proof 1: 100 losses of different kinds, every new session got the same session_id.
 #[tokio::test(start_paused = true)]
@@ -283,9 +128,17 @@ async fn paused_at_loss_stays_paused() {
 /// intent, although the shutdowns paused the player in between.
 #[tokio::test(start_paused = true)]
 async fn loss_during_reconnect_keeps_the_users_intent() {
-    let h = start(Some(creds("u")), settings(), false);
+    let h = start(Some(creds("u")), settings(), true);
     h.wait_sessions(1).await;
-    h.world.lock().unwrap().transfer_on_request = false;
+    h.until(Duration::from_secs(5), "active", |w| {
+        w.sessions[0].is_active()
+    })
+    .await;
+    {
+        let mut world = h.world.lock().unwrap();
+        world.transfer_on_request = false;
+        world.auto_transfer = false;
+    }
     h.user_plays().await;
     h.session(0).lose(Some("connection reset"));
     h.wait_sessions(2).await;
@@ -606,7 +459,9 @@ async fn a_new_user_takes_over_without_backoff() {
     {
         let world = h.world.lock().unwrap();
         let (at, request) = world.requests.last().unwrap();
-        assert!(*at - before < Duration::from_millis(100));
+        // The old Spirc's goodbye goes first (it must not unregister the new one), no backoff.
+        let goodbye = world.goodbye_time.unwrap();
+        assert!(*at - before < goodbye + Duration::from_millis(100));
         assert_eq!(request.credentials, creds("b"));
         assert_eq!(request.session_id, None);
         assert_ne!(world.sessions[1].id, world.sessions[0].id);
@@ -629,7 +484,8 @@ async fn overhead_from_network_back_to_play() {
             .await;
         {
             let world = h.world.lock().unwrap();
-            let attempt = world.requests.last().unwrap().0;
+            // From the new Spirc's registration: the login before it is librespot's time.
+            let attempt = world.registrations.last().unwrap().0;
             let play = world
                 .commands
                 .iter()

@@ -45,8 +45,14 @@ pub fn render(status: &Value) -> String {
         out.push_str(&format!("{label:<16} {value}\n"));
     };
     line("speaker", text(&status["name"]));
-    line("spotify", text(&status["spotify"]["state"]));
+    let state = text(&status["spotify"]["state"]);
+    if status["spotify"]["premium_required"] == Value::Bool(true) {
+        line("spotify", format!("{state} - Spotify Premium is required"));
+    } else {
+        line("spotify", state);
+    }
     line("reconnects", text(&status["spotify"]["reconnect_count"]));
+    line("sessions alive", text(&status["spotify"]["sessions_alive"]));
     let loss = &status["spotify"]["last_loss"];
     line(
         "last loss",
@@ -156,6 +162,22 @@ mod tests {
             "spotify": {"state": "connected", "reconnect_count": 0, "last_loss": null, "track": null},
             "jellyfin": {"state": "connected", "server": "http://jf:8096"},
         })
+    }
+
+    #[test]
+    fn premium_required_and_sessions_alive_are_shown() {
+        let mut status = base();
+        status["spotify"]["state"] = json!("discovery");
+        status["spotify"]["premium_required"] = json!(true);
+        status["spotify"]["sessions_alive"] = json!(0);
+        let text = render(&status);
+        assert!(
+            text.contains("spotify          discovery - Spotify Premium is required\n"),
+            "{text}"
+        );
+        assert!(text.contains("sessions alive   0\n"), "{text}");
+        let text = render(&base());
+        assert!(text.contains("spotify          connected\n"), "{text}");
     }
 
     #[test]

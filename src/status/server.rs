@@ -207,6 +207,8 @@ pub fn status_json(
             "position_ms": status.position_ms,
             "track": status.track,
             "volume": status.volume,
+            "sessions_alive": status.sessions_alive,
+            "premium_required": status.premium_required,
         },
         "jellyfin": jellyfin,
         "boot_config": boot_config,
@@ -276,6 +278,8 @@ mod tests {
         assert_eq!(v["name"], "Kitchen <b>");
         assert_eq!(v["spotify"]["state"], "connected");
         assert_eq!(v["spotify"]["reconnect_count"], 3);
+        assert_eq!(v["spotify"]["sessions_alive"], 0);
+        assert_eq!(v["spotify"]["premium_required"], false);
         assert_eq!(v["spotify"]["last_loss"]["reason"], "keep-alive timeout");
         assert_eq!(v["volume_percent"], 50.0);
         assert_eq!(v["jellyfin"]["state"], "pairing");
