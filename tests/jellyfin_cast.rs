@@ -31,7 +31,7 @@ use pispeaker::jellyfin::cast::{
 };
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
-use support::fake_jellyfin::{FakeJellyfin, Media, Served};
+use support::fake_jellyfin::{FakeJellyfin, Media, Served, ServerVersion};
 use support::signal::ncc;
 use support::wait::until;
 use tokio::sync::watch;
@@ -453,6 +453,7 @@ struct Speaker {
 
 #[derive(Default)]
 struct Options {
+    version: ServerVersion,
     pace: Option<f64>,
     stream: StreamSettings,
 }
@@ -460,7 +461,7 @@ struct Options {
 async fn speaker(options: Options) -> Speaker {
     // RUST_LOG=debug shows the player's side when a test fails.
     let _ = env_logger::builder().is_test(true).try_init();
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, options.version).await;
     fake.add_token("tok");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jellyfin_token"), "tok").unwrap();
@@ -644,10 +645,13 @@ impl Speaker {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length() {
+async fn flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length(version: ServerVersion) {
     let fx = fixture(SECONDS);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let ids: Vec<String> = (0..4).map(|_| guid()).collect();
     for (id, (ext, mime)) in ids.iter().zip([
         ("flac", "audio/flac"),
@@ -803,11 +807,14 @@ fn the_fake_server_chooses_original_or_transcode_from_the_speakers_own_request()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
+async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let enc = encode_with_ffmpeg(&fx);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let (m4a, opus) = (guid(), guid());
     // Each original comes with a transcode, so only the speaker's request decides which one
     // is sent. The containers are what ffprobe names them (the server stores that).
@@ -952,6 +959,7 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
 
     // And a Seek command while it plays (paced at twice real time, so there is time to seek).
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -967,11 +975,14 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_position_and_seek_land_within_100_ms() {
+async fn start_position_and_seek_land_within_100_ms(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let reference = left(&fx.reference);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     // StartPositionTicks = 1.5 s, for each format (decoder-side accurate seek over HTTP ranges).
     let ids: Vec<String> = (0..3).map(|_| guid()).collect();
     for (id, ext) in ids.iter().zip(["flac", "mp3", "ogg"]) {
@@ -1011,6 +1022,7 @@ async fn start_position_and_seek_land_within_100_ms() {
 
     // A Seek command mid-play, paced at real time.
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1033,10 +1045,12 @@ async fn start_position_and_seek_land_within_100_ms() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
+async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported(
+    version: ServerVersion,
+) {
     let dir = tempfile::tempdir().unwrap();
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -1185,12 +1199,15 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn play_shuffle_plays_every_item_once_in_the_reported_order() {
+async fn play_shuffle_plays_every_item_once_in_the_reported_order(version: ServerVersion) {
     // The real server shuffles itself and sends PlayNow; a server that passes PlayShuffle on
     // must still get every item once, in the order the speaker reports.
     let dir = tempfile::tempdir().unwrap();
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let mut tone_of = HashMap::new();
     let mut ids = Vec::new();
     for (name, hz) in [("x", 400), ("y", 800), ("z", 1600)] {
@@ -1243,10 +1260,15 @@ async fn play_shuffle_plays_every_item_once_in_the_reported_order() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped() {
+async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped(
+    version: ServerVersion,
+) {
     let fx = fixture(1);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let (broken, garbage, good) = (guid(), guid(), guid());
     s.fake.add_media(
         &broken,
@@ -1295,8 +1317,7 @@ async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped()
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
+async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast(version: ServerVersion) {
     let fx = fixture(6);
     // The server sends at 3× the audio's byte rate and stalls 2 s at 60 % of the file (3.6 s of
     // audio, reached after ~1.2 s, so ~2.4 s is buffered then). A real sound card pace.
@@ -1304,6 +1325,7 @@ async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
         let fx = &fx;
         async move {
             let s = speaker(Options {
+                version,
                 pace: Some(1.0),
                 stream: StreamSettings::default(),
             })
@@ -1345,10 +1367,12 @@ async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
     assert!(underruns > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together() {
+async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together(
+    version: ServerVersion,
+) {
     let fx = fixture(SECONDS);
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1441,10 +1465,10 @@ async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together()
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
+async fn a_play_while_the_last_item_plays_out_starts_cleanly(version: ServerVersion) {
     let fx = fixture(1);
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1476,10 +1500,10 @@ async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
+async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -1519,10 +1543,15 @@ async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact() {
+async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact(
+    version: ServerVersion,
+) {
     let fx = fixture(SECONDS);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let id = guid();
     let flac = &fx.files["flac"];
     // Every response stops after 1/8 of the file: eight drops, more than the 3 resumes allowed
@@ -1585,3 +1614,17 @@ fn the_cast_test_hook_plays_a_file_and_prints_its_figures() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open ALSA PCM"));
 }
+
+every_version!(
+    flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length,
+    m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode,
+    start_position_and_seek_land_within_100_ms,
+    play_next_and_play_last_order_the_queue_and_the_modes_are_reported,
+    play_shuffle_plays_every_item_once_in_the_reported_order,
+    an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped,
+    a_2_s_network_stall_does_not_underrun_and_play_starts_fast,
+    spotify_and_the_cast_hand_the_device_over_and_are_never_open_together,
+    a_play_while_the_last_item_plays_out_starts_cleanly,
+    a_transcoded_stream_plays_and_seeks_by_asking_the_server_again,
+    a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact,
+);

@@ -14,7 +14,7 @@ use pispeaker::connect::control::{
 };
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
-use support::fake_jellyfin::FakeJellyfin;
+use support::fake_jellyfin::{FakeJellyfin, ServerVersion};
 use support::wait::until;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -107,9 +107,8 @@ fn connected(fake: &FakeJellyfin) -> bool {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_is_visible_with_the_right_identity_and_capabilities() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn registration_is_visible_with_the_right_identity_and_capabilities(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     // The deadline is generous on purpose (armv7 under qemu on a loaded machine); the time is a
@@ -152,9 +151,10 @@ async fn registration_is_visible_with_the_right_identity_and_capabilities() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token(
+    version: ServerVersion,
+) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     let sidecar = start(&fake.url(), None, |_| {});
     // The status page, as the daemon serves it.
     let listener = pispeaker::status::bind("127.0.0.1:0").await.unwrap();
@@ -196,10 +196,9 @@ async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
+async fn ten_server_minutes_of_keep_alive_never_lose_the_session(version: ServerVersion) {
     // Scale 0.05: ForceKeepAlive 3 s, lost after 3 s without KeepAlive, checked every 0.6 s.
-    let fake = FakeJellyfin::start("127.0.0.1:0", 0.05).await;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 0.05, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |s| {
         s.liveness.dead_after = Duration::from_secs(10);
@@ -229,9 +228,8 @@ async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_restart_gets_exactly_one_session_with_capabilities_again() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_server_restart_gets_exactly_one_session_with_capabilities_again(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -248,9 +246,8 @@ async fn a_server_restart_gets_exactly_one_session_with_capabilities_again() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_set_aside_and_pairing_starts_again() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_revoked_token_is_set_aside_and_pairing_starts_again(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("old");
     let sidecar = start(&fake.url(), Some("old"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -281,9 +278,8 @@ async fn a_revoked_token_is_set_aside_and_pairing_starts_again() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_remote_command_reaches_the_control_handle() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn every_remote_command_reaches_the_control_handle(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -337,9 +333,8 @@ async fn every_remote_command_reaches_the_control_handle() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn now_playing_reports_are_correct_and_in_order() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn now_playing_reports_are_correct_and_in_order(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -392,9 +387,8 @@ async fn now_playing_reports_are_correct_and_in_order() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_malformed_or_unknown_messages_change_nothing() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_thousand_malformed_or_unknown_messages_change_nothing(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -465,10 +459,9 @@ async fn a_down_server_never_blocks_the_control_handle() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pispeaker_jellyfin_pair_pairs_from_a_terminal() {
+async fn pispeaker_jellyfin_pair_pairs_from_a_terminal(version: ServerVersion) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
         .args(["--config", "/dev/null", "--cache"])
@@ -499,3 +492,15 @@ async fn pispeaker_jellyfin_pair_pairs_from_a_terminal() {
     let token = std::fs::read_to_string(dir.path().join("jellyfin_token")).unwrap();
     assert!(fake.seen.lock().unwrap().tokens.contains(&token));
 }
+
+every_version!(
+    registration_is_visible_with_the_right_identity_and_capabilities,
+    quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token,
+    ten_server_minutes_of_keep_alive_never_lose_the_session,
+    a_server_restart_gets_exactly_one_session_with_capabilities_again,
+    a_revoked_token_is_set_aside_and_pairing_starts_again,
+    every_remote_command_reaches_the_control_handle,
+    now_playing_reports_are_correct_and_in_order,
+    a_thousand_malformed_or_unknown_messages_change_nothing,
+    pispeaker_jellyfin_pair_pairs_from_a_terminal,
+);

@@ -56,9 +56,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// The server versions the fake models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServerVersion {
     V10_9,
+    #[default]
     V10_10,
     V10_11,
 }
@@ -614,7 +615,14 @@ impl FakeJellyfin {
     /// A `Play` command as the server sends it after "Play on" (SessionController.Play →
     /// SessionManager.SendPlayCommand, SessionManager.cs v10.10.7 L1200-1235, same in all three):
     /// PlayInstantMix and PlayShuffle arrive as PlayNow, the items shuffled for PlayShuffle.
-    pub fn play(&self, ids: &[&str], command: &str, start_index: usize, start_ticks: u64, user: &str) {
+    pub fn play(
+        &self,
+        ids: &[&str],
+        command: &str,
+        start_index: usize,
+        start_ticks: u64,
+        user: &str,
+    ) {
         let mut ids: Vec<String> = ids.iter().map(|s| format!("\"{s}\"")).collect();
         let command = match command {
             "PlayShuffle" => {
@@ -697,14 +705,15 @@ fn audio(
                             // The universal endpoint starts a transcoding job with a
                             // PlaySessionId of its own (UniversalAudioController.cs v10.10.7
                             // L134-157, MediaInfoHelper.GetPlaybackInfo), never the client's.
-                            s.transcode_jobs.push(uuid::Uuid::new_v4().simple().to_string());
+                            s.transcode_jobs
+                                .push(uuid::Uuid::new_v4().simple().to_string());
                             (
-                            Some(Media {
-                                no_ranges: true,
-                                ..*t
-                            }),
-                            Served::Transcode,
-                        )
+                                Some(Media {
+                                    no_ranges: true,
+                                    ..*t
+                                }),
+                                Served::Transcode,
+                            )
                         }
                         // The test forgot one: a 500, and the tests' bad_requests check fails.
                         None => {
@@ -1141,7 +1150,10 @@ async fn handle(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
             });
             let start_idle_timer = !stopped && !s.idle_timer;
             let rec = s.sessions.get_mut(&key).unwrap();
-            let queue = body.get("NowPlayingQueue").filter(|q| !q.is_null()).cloned();
+            let queue = body
+                .get("NowPlayingQueue")
+                .filter(|q| !q.is_null())
+                .cloned();
             if stopped {
                 // SessionManager.OnPlaybackStopped (v10.10.7 L981-988): a non-null queue
                 // replaces the old one; the item is removed.
@@ -1300,7 +1312,6 @@ async fn read_json(req: Request<Incoming>) -> Value {
         .unwrap_or_default();
     serde_json::from_slice(&bytes).unwrap_or(Value::Null)
 }
-
 
 /// One socket. Bound to a session: `ForceKeepAlive` at once (SessionWebSocketListener.cs v10.10.7
 /// L171-195 `KeepAliveWebSocket`, Data = `WebSocketLostTimeout` = 60, L279-284), checked every
