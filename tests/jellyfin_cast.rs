@@ -454,6 +454,9 @@ struct Speaker {
 #[derive(Default)]
 struct Options {
     version: ServerVersion,
+    /// The token's user (a plain user, added to the server); None: the administrator.
+    user: Option<&'static str>,
+    paused_check_in: Option<Duration>,
     pace: Option<f64>,
     stream: StreamSettings,
 }
@@ -462,7 +465,13 @@ async fn speaker(options: Options) -> Speaker {
     // RUST_LOG=debug shows the player's side when a test fails.
     let _ = env_logger::builder().is_test(true).try_init();
     let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, options.version).await;
-    fake.add_token("tok");
+    match options.user {
+        Some(user) => {
+            fake.add_user(user, "child", false);
+            fake.add_user_token("tok", user, "pispeaker", None);
+        }
+        None => fake.add_token("tok"),
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jellyfin_token"), "tok").unwrap();
     let captured = Arc::new(Mutex::new(Captured::default()));
@@ -507,11 +516,13 @@ async fn speaker(options: Options) -> Speaker {
             ping_every: Duration::from_millis(500),
             dead_after: Duration::from_secs(5),
             capabilities_every: Duration::from_secs(60),
+            bound_within: Duration::from_secs(10),
         },
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
+        paused_check_in: jellyfin::PAUSED_CHECK_IN,
         cast: Some(CastSettings {
             output,
             mixer: mixer.clone(),
@@ -519,6 +530,7 @@ async fn speaker(options: Options) -> Speaker {
             stream: options.stream,
             handover_wait: Duration::from_secs(3),
             progress_every: Duration::from_millis(500),
+            paused_check_in: options.paused_check_in.unwrap_or(jellyfin::PAUSED_CHECK_IN),
             status: cast_status.clone(),
         }),
     };
@@ -1328,6 +1340,7 @@ async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast(version: Ser
                 version,
                 pace: Some(1.0),
                 stream: StreamSettings::default(),
+                ..Options::default()
             })
             .await;
             let flac = &fx.files["flac"];

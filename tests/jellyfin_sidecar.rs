@@ -41,11 +41,13 @@ fn settings(server: &str, dir: &std::path::Path) -> JellyfinSettings {
             ping_every: Duration::from_millis(500),
             dead_after: Duration::from_secs(3),
             capabilities_every: Duration::from_secs(60),
+            bound_within: Duration::from_secs(10),
         },
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
+        paused_check_in: jellyfin::PAUSED_CHECK_IN,
         cast: None,
     }
 }

@@ -44,6 +44,9 @@ pub struct CastSettings {
     /// How long to wait for Spotify's sink to let go after asking it to pause.
     pub handover_wait: Duration,
     pub progress_every: Duration,
+    /// While paused, a progress report this often: the server stops a playback that has not
+    /// checked in for 5 minutes (see `jellyfin::PAUSED_CHECK_IN`).
+    pub paused_check_in: Duration,
     /// Where the player publishes what the status page shows (the daemon hands a clone of the
     /// same cell to the status server).
     pub status: CastStatusCell,
@@ -178,6 +181,7 @@ pub fn spawn(
         media_source_id: None,
         user: None,
         last_failed: None,
+        last_progress: Mutex::new(None),
     };
     tokio::spawn(player.run(rx, audio_events, shutdown));
     handle
@@ -266,10 +270,13 @@ struct Player {
     stats: Arc<Mutex<CastStats>>,
     /// The MediaSourceId of the last `Play` (for its first item only).
     media_source_id: Option<(String, String)>,
-    /// ControllingUserId of the last `Play`: the server streams as that user.
+    /// ControllingUserId of the last `Play`: the stream's `UserId` only when the token has no
+    /// user of its own (an API key, which may act as anyone but finds nothing as no one).
     user: Option<String>,
     /// For the status page: the last item that failed and why.
     last_failed: Option<FailedItem>,
+    /// When the last progress of the current item went out (the paused check-in).
+    last_progress: Mutex<Option<Instant>>,
 }
 
 /// Volume step for VolumeUp/VolumeDown: 1/32 of the range, about what the Spotify app steps.
@@ -297,7 +304,13 @@ impl Player {
                     self.publish();
                 }
                 _ = tick.tick() => {
-                    if self.now.as_ref().is_some_and(|n| n.started && !n.paused) {
+                    let check_in = self.settings.paused_check_in;
+                    let quiet = self
+                        .last_progress
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_none_or(|at| at.elapsed() >= check_in);
+                    if self.now.as_ref().is_some_and(|n| n.started && (!n.paused || quiet)) {
                         self.report_progress();
                     }
                 }
@@ -363,8 +376,9 @@ impl Player {
                 self.set_paused(!paused);
             }
             CastCommand::Next => {
-                self.end_current(false).await;
-                if self.queue.skip().is_some() {
+                let next = self.queue.skip().is_some();
+                self.end_current_as(false, !next).await;
+                if next {
                     self.start_current(0, at).await;
                 } else {
                     self.finish();
@@ -503,6 +517,7 @@ impl Player {
 
     fn report_progress(&self) {
         if let Some(now) = self.now.as_ref().filter(|n| n.started) {
+            *self.last_progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             // Progress may be dropped when Jellyfin is far behind; state changes never are.
             let _ = self
                 .reports
@@ -516,9 +531,15 @@ impl Player {
 
     /// Reports the current item as stopped (if it was reported playing, or `failed`) and forgets it.
     async fn end_current(&mut self, failed: bool) {
+        self.end_current_as(failed, false).await;
+    }
+
+    /// `last`: the cast ends here, so the Stopped carries an empty `NowPlayingQueue` (the server
+    /// keeps the last non-null queue on the session otherwise, and the remote keeps showing it).
+    async fn end_current_as(&mut self, failed: bool, last: bool) {
         if let Some(now) = self.now.take() {
             if now.started || failed {
-                let report = report::stopped(&self.state(&now), failed);
+                let report = report::stopped(&self.state(&now), failed, last);
                 self.send_report(report).await;
             }
         }
@@ -584,9 +605,10 @@ impl Player {
                     return;
                 }
                 Err(why) => {
-                    self.item_failed(&now, &why).await;
+                    let next = self.queue.skip().is_some();
+                    self.item_failed(&now, &why, !next).await;
                     start_ms = 0;
-                    if self.queue.skip().is_none() {
+                    if !next {
                         self.finish();
                         return;
                     }
@@ -595,14 +617,14 @@ impl Player {
         }
     }
 
-    async fn item_failed(&mut self, now: &Now, why: &str) {
+    async fn item_failed(&mut self, now: &Now, why: &str, last: bool) {
         warn!("cast: item {} failed: {why}; skipping it", now.item.id);
         self.stat(|s| s.failed_items.push(now.item.id.clone()));
         self.last_failed = Some(FailedItem {
             item_id: now.item.id.clone(),
             reason: why.to_string(),
         });
-        let report = report::stopped(&self.state(now), true);
+        let report = report::stopped(&self.state(now), true, last);
         self.send_report(report).await;
     }
 
@@ -616,7 +638,7 @@ impl Player {
         let url = api
             .universal_audio_url(
                 &now.item.id,
-                self.user.as_deref(),
+                api.user_id().or(self.user.as_deref()),
                 &now.media_source_id,
                 start_ms * 10_000,
             )
@@ -684,7 +706,7 @@ impl Player {
 
     /// Stop: report, forget the queue, close the device at once.
     async fn stop(&mut self, failed: bool) {
-        self.end_current(failed).await;
+        self.end_current_as(failed, true).await;
         self.queue.clear();
         if let Some(audio) = self.audio.take() {
             let _ = audio.send(ToAudio::Close { drain: false });
@@ -716,6 +738,7 @@ impl Player {
                 });
                 if let Some(now) = &self.now {
                     let report = report::playing(report::PLAYING, &self.state(now));
+                    *self.last_progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                     self.send_report(report).await;
                 }
             }
@@ -725,18 +748,20 @@ impl Player {
             FromAudio::Ended { generation } if current == Some(generation) => {
                 let underruns = self.underruns.load(Ordering::SeqCst);
                 self.stat(|s| s.underruns = underruns);
-                self.end_current(false).await;
-                if self.queue.on_track_end().is_some() {
+                let next = self.queue.on_track_end().is_some();
+                self.end_current_as(false, !next).await;
+                if next {
                     self.start_current(0, Instant::now()).await;
                 } else {
                     self.finish();
                 }
             }
             FromAudio::Failed { generation, why } if current == Some(generation) => {
+                let next = self.queue.skip().is_some();
                 if let Some(now) = self.now.take() {
-                    self.item_failed(&now, &why).await;
+                    self.item_failed(&now, &why, !next).await;
                 }
-                if self.queue.skip().is_some() {
+                if next {
                     self.start_current(0, Instant::now()).await;
                 } else {
                     self.finish();
@@ -767,7 +792,7 @@ impl Player {
                 // told it to close (a preemption, a device failure), the cast ends here.
                 let unasked = self.audio.take().is_some();
                 if unasked || preempted || error.is_some() {
-                    self.end_current(error.is_some()).await;
+                    self.end_current_as(error.is_some(), true).await;
                     self.queue.clear();
                     self.active.send_replace(false);
                 }
