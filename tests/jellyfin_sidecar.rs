@@ -495,6 +495,246 @@ async fn pispeaker_jellyfin_pair_pairs_from_a_terminal(version: ServerVersion) {
     assert!(fake.seen.lock().unwrap().tokens.contains(&token));
 }
 
+/// Every state the sidecar published, in order (a watcher task; the sidecar changes state
+/// seconds apart, so none is missed).
+fn record_states(sidecar: &Sidecar) -> Arc<Mutex<Vec<JellyfinState>>> {
+    let states = Arc::new(Mutex::new(vec![sidecar.state.borrow().clone()]));
+    let (mut rx, out) = (sidecar.state.clone(), states.clone());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let state = rx.borrow_and_update().clone();
+            out.lock().unwrap().push(state);
+        }
+    });
+    states
+}
+
+fn is_connected(state: &JellyfinState) -> bool {
+    matches!(state, JellyfinState::Connected { .. })
+}
+
+fn is_not_controllable(state: &JellyfinState) -> bool {
+    matches!(state, JellyfinState::NotControllable { .. })
+}
+
+/// An admin API key as `token-file`: 10.9/10.10 bind its socket to no session (no ForceKeepAlive,
+/// no commands, never a cast target), so the speaker must say so, with the remedy, and never
+/// "Connected"; 10.11 binds it (to a session named after the key) and it works.
+async fn an_api_key_token_is_not_controllable_before_10_11_and_says_so(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_api_key("apikey", "provisioning");
+    let sidecar = start(&fake.url(), Some("apikey"), |s| {
+        s.liveness.bound_within = Duration::from_secs(2);
+    });
+    let states = record_states(&sidecar);
+    if version.socket_from_device_record() {
+        until(Duration::from_secs(20), "the not-controllable state", || {
+            is_not_controllable(&sidecar.state.borrow())
+        })
+        .await;
+        match &*sidecar.state.borrow() {
+            JellyfinState::NotControllable { problem, remedy, .. } => {
+                assert!(problem.contains("ForceKeepAlive"), "{problem}");
+                assert!(remedy.contains("Quick Connect"), "{remedy}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let seen = fake.seen.lock().unwrap();
+        assert!(seen.unbound_sockets >= 1, "the server bound the socket nowhere");
+        assert!(seen.sessions.values().all(|r| !r.cast_target()));
+    } else {
+        until(Duration::from_secs(10), "connected", || {
+            is_connected(&sidecar.state.borrow())
+        })
+        .await;
+        let session = fake.only_session();
+        assert_eq!(session.client, "provisioning", "an API key names the client");
+        assert!(session.cast_target());
+    }
+    let states = states.lock().unwrap().clone();
+    println!("{}: states {states:?}", version.name());
+    if version.socket_from_device_record() {
+        assert!(!states.iter().any(is_connected), "never Connected: {states:?}");
+    }
+    sidecar.stop().await;
+}
+
+/// A user token minted by another app (here "Jellyfin Web") on 10.9/10.10: the socket joins that
+/// app's session, which gets ForceKeepAlive but not our capabilities, so the speaker is no cast
+/// target: the server's session list shows it, and the speaker says so.
+async fn a_token_minted_by_another_app_is_not_controllable_before_10_11(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_user_token("webtok", support::fake_jellyfin::ADMIN_ID, "Jellyfin Web", None);
+    let sidecar = start(&fake.url(), Some("webtok"), |_| {});
+    if version.socket_from_device_record() {
+        until(Duration::from_secs(20), "the not-controllable state", || {
+            is_not_controllable(&sidecar.state.borrow())
+        })
+        .await;
+        assert!(fake
+            .seen
+            .lock()
+            .unwrap()
+            .sessions
+            .values()
+            .all(|r| !r.cast_target()));
+    } else {
+        until(Duration::from_secs(10), "connected", || {
+            is_connected(&sidecar.state.borrow()) && connected(&fake)
+        })
+        .await;
+    }
+    sidecar.stop().await;
+}
+
+fn token_file(sidecar: &Sidecar) -> String {
+    std::fs::read_to_string(sidecar.dir.join("jellyfin_token")).unwrap_or_default()
+}
+
+fn set_aside(sidecar: &Sidecar) -> bool {
+    std::fs::read_dir(&sidecar.dir).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("jellyfin_token.corrupt-")
+    })
+}
+
+/// The fresh token is in the file before the old one is signed out: on the 401 the sidecar uses
+/// the file's token instead of setting it aside.
+async fn a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside(
+    version: ServerVersion,
+) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("old");
+    let sidecar = start(&fake.url(), Some("old"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let states = record_states(&sidecar);
+    let device_id = std::fs::read_to_string(sidecar.dir.join("jellyfin_device_id")).unwrap();
+    fake.add_user_token(
+        "new",
+        support::fake_jellyfin::ADMIN_ID,
+        "pispeaker",
+        Some(device_id.trim()),
+    );
+    std::fs::write(sidecar.dir.join("jellyfin_token"), "new").unwrap();
+    fake.logout("old");
+    until(Duration::from_secs(10), "connected with the new token", || {
+        connected(&fake) && fake.seen.lock().unwrap().unauthorized >= 1
+    })
+    .await;
+    assert_eq!(token_file(&sidecar), "new");
+    assert!(!set_aside(&sidecar), "the fresh token was not set aside");
+    let states = states.lock().unwrap().clone();
+    assert!(
+        !states
+            .iter()
+            .any(|s| matches!(s, JellyfinState::Pairing { .. })),
+        "no pairing: {states:?}"
+    );
+    sidecar.stop().await;
+}
+
+/// `pispeaker jellyfin pair` while the daemon runs: approving revokes the daemon's token at once,
+/// the CLI writes the fresh one a poll later. The daemon ends up on the fresh token, whichever
+/// comes first, and nobody has to approve a second code.
+async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
+    version: ServerVersion,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("old");
+    let sidecar = start(&fake.url(), Some("old"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["--config", "/dev/null", "--cache"])
+        .arg(&sidecar.dir)
+        .args(["jellyfin", "pair", "--server", &fake.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
+                return code.trim().to_string();
+            }
+        }
+        panic!("no code printed");
+    })
+    .await
+    .expect("code printed");
+    assert!(fake.approve(&code));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let fresh = token_file(&sidecar);
+    assert_ne!(fresh, "old");
+    until(Duration::from_secs(20), "the daemon on the fresh token", || {
+        connected(&fake) && is_connected(&sidecar.state.borrow())
+    })
+    .await;
+    assert_eq!(token_file(&sidecar), fresh, "the fresh token stays in the file");
+    let seen = fake.seen.lock().unwrap();
+    assert!(seen.tokens.contains(&fresh) && !seen.tokens.iter().any(|t| t == "old"));
+    drop(seen);
+    sidecar.stop().await;
+}
+
+/// A long pause on a server whose 5 minutes are scaled to 3 s: the paused speaker checks in, so
+/// the server's idle check never stops its now-playing (12 server minutes: two idle checks).
+async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
+    let scale = 0.01;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", scale, version).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |s| {
+        s.progress_every = Duration::from_millis(200);
+        s.paused_check_in = Duration::from_secs_f64(60.0 * scale);
+    });
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let track = TrackInfo {
+        uri: "spotify:track:1".into(),
+        name: "Song".into(),
+        artists: vec!["A".into()],
+        album: "Album".into(),
+        duration_ms: 600_000,
+    };
+    sidecar.events.send(PlaybackEvent::TrackChanged(track)).unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Playing { position_ms: 0 })
+        .unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Paused { position_ms: 1_000 })
+        .unwrap();
+    until(Duration::from_secs(5), "now playing on the server", || {
+        fake.only_session().now_playing.is_some()
+    })
+    .await;
+    let paused_at = Instant::now();
+    // Two idle checks (at 5 and 10 scaled minutes after the first report) and a margin.
+    tokio::time::sleep(Duration::from_secs_f64(720.0 * scale)).await;
+    let session = fake.only_session();
+    println!(
+        "{}: paused for {:.1} s (scaled {:.0} server minutes), {} progress reports, idle stops {}",
+        version.name(),
+        paused_at.elapsed().as_secs_f64(),
+        paused_at.elapsed().as_secs_f64() / scale / 60.0,
+        fake.reports()
+            .iter()
+            .filter(|(p, _)| p.ends_with("Progress"))
+            .count(),
+        session.idle_stops
+    );
+    assert_eq!(session.idle_stops, 0, "the server never stopped the paused playback");
+    assert_eq!(session.now_playing.as_ref().unwrap()["Name"], "Song");
+    sidecar.stop().await;
+}
+
 every_version!(
     registration_is_visible_with_the_right_identity_and_capabilities,
     quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token,
@@ -505,4 +745,9 @@ every_version!(
     now_playing_reports_are_correct_and_in_order,
     a_thousand_malformed_or_unknown_messages_change_nothing,
     pispeaker_jellyfin_pair_pairs_from_a_terminal,
+    an_api_key_token_is_not_controllable_before_10_11_and_says_so,
+    a_token_minted_by_another_app_is_not_controllable_before_10_11,
+    a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside,
+    pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token,
+    a_long_pause_keeps_now_playing_on_the_server,
 );

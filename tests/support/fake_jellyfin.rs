@@ -575,6 +575,29 @@ impl FakeJellyfin {
         );
     }
 
+    /// Signs one token out as `SessionManager.Logout(Device)` does (SessionManager.cs v10.10.7
+    /// L1622-1645, same in all three): the device record deleted, every session of its DeviceId
+    /// ended (and with it their sockets).
+    pub fn logout(&self, token: &str) {
+        let mut seen = self.seen.lock().unwrap();
+        seen.tokens.retain(|t| t != token);
+        let device = match seen.token_kinds.remove(token) {
+            Some(TokenKind::User {
+                device_id: Some(d), ..
+            }) => d,
+            _ => return,
+        };
+        let ended: Vec<(String, String)> = seen
+            .sessions
+            .keys()
+            .filter(|(_, d)| d.eq_ignore_ascii_case(&device))
+            .cloned()
+            .collect();
+        for key in ended {
+            end_session(&mut seen, &self.sockets, &key);
+        }
+    }
+
     pub fn revoke_all_tokens(&self) {
         let mut seen = self.seen.lock().unwrap();
         seen.tokens.clear();
