@@ -1534,7 +1534,16 @@ async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again(version:
         !s.reports("/Sessions/Playing").is_empty()
     })
     .await;
-    assert_eq!(s.reports("/Sessions/Playing")[0]["PlayMethod"], "Transcode");
+    // The server keeps Transcode only for a PlaySessionId of its own transcoding jobs
+    // (ValidatePlayMethod), which the universal endpoint never tells the speaker: what the
+    // speaker reports is what the server keeps.
+    let reported = s.reports("/Sessions/Playing")[0]["PlayMethod"].clone();
+    assert_eq!(reported, "DirectStream");
+    assert_eq!(
+        s.fake.only_session().play_method.as_deref(),
+        reported.as_str(),
+        "the server kept the reported method"
+    );
     s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
     until(Duration::from_secs(3), "a second request from 2 s", || {
         s.fake
@@ -1628,6 +1637,134 @@ fn the_cast_test_hook_plays_a_file_and_prints_its_figures() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open ALSA PCM"));
 }
 
+/// A multi-user home: a plain (non-admin) user paired the speaker, the administrator casts. The
+/// stream goes out as the token's own user; with the caster's id the server would answer 403.
+async fn a_cast_by_another_user_streams_as_the_tokens_own_user(version: ServerVersion) {
+    const CHILD: &str = "1a2b3c4d5e6f40718293a4b5c6d7e8f9";
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        user: Some(CHILD),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake
+        .add_media(&id, media(&tone(dir.path(), "t", 440, 0.5), "audio/flac"));
+    s.play(&[&id], "PlayNow", 0, 0); // ControllingUserId: the administrator
+    s.wait_stopped(1, Duration::from_secs(10)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert_eq!(stopped[0]["Failed"], false, "played: {stopped:?}");
+    assert_eq!(s.reports("/Sessions/Playing").len(), 1);
+    let requests = s.fake.audio_requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(
+            r.query.contains(&format!("UserId={CHILD}")),
+            "as the token's user: {}",
+            r.query
+        );
+    }
+    assert_eq!(s.fake.seen.lock().unwrap().forbidden, 0, "no 403");
+    s.stop().await;
+}
+
+/// `Rewind` and `FastForward` skip by Jellyfin's default lengths: 10 s back, 30 s forward.
+async fn rewind_and_fast_forward_skip_10_s_back_and_30_s_forward(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        pace: Some(1.0),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake.add_media(
+        &id,
+        media(&tone(dir.path(), "long", 440, 50.0), "audio/flac"),
+    );
+    s.play(&[&id], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    let progress_since = |n: usize| -> Vec<u64> {
+        s.reports("/Sessions/Playing/Progress")[n..]
+            .iter()
+            .filter_map(|r| r["PositionTicks"].as_u64())
+            .map(|t| t / 10_000)
+            .collect()
+    };
+    let before = s.reports("/Sessions/Playing/Progress").len();
+    s.playstate("FastForward", "");
+    until(Duration::from_secs(10), "30 s further", || {
+        progress_since(before)
+            .iter()
+            .any(|ms| (30_000..32_000).contains(ms))
+    })
+    .await;
+    let before = s.reports("/Sessions/Playing/Progress").len();
+    s.playstate("Rewind", "");
+    until(Duration::from_secs(10), "10 s back", || {
+        progress_since(before)
+            .iter()
+            .any(|ms| (20_000..23_000).contains(ms))
+    })
+    .await;
+    println!(
+        "{}: positions after the skips {:?}",
+        version.name(),
+        progress_since(0)
+    );
+    s.playstate("Stop", "");
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    s.stop().await;
+}
+
+/// The server replaces a session's queue only with a non-null one: the cast's last `Stopped`
+/// carries an empty queue, so the finished cast's queue does not stick to the session; the
+/// `Stopped` between items carries none.
+async fn the_last_stopped_clears_the_queue_on_the_server(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
+    let (a, b) = (guid(), guid());
+    s.fake
+        .add_media(&a, media(&tone(dir.path(), "a", 440, 0.5), "audio/flac"));
+    s.fake
+        .add_media(&b, media(&tone(dir.path(), "b", 880, 0.5), "audio/flac"));
+    s.play(&[&a, &b], "PlayNow", 0, 0);
+    s.wait_stopped(2, Duration::from_secs(10)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert!(stopped[0].get("NowPlayingQueue").is_none(), "{stopped:?}");
+    assert_eq!(stopped[1]["NowPlayingQueue"], serde_json::json!([]));
+    until(Duration::from_secs(5), "the server's queue cleared", || {
+        let session = s.fake.only_session();
+        session.now_playing.is_none() && session.now_playing_queue == Some(serde_json::json!([]))
+    })
+    .await;
+    // A Stop command ends a cast too.
+    s.play(&[&a, &b], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing again", || {
+        s.fake
+            .only_session()
+            .now_playing_queue
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|q| q.len() == 2)
+    })
+    .await;
+    s.playstate("Stop", "");
+    until(Duration::from_secs(5), "cleared after Stop", || {
+        s.fake.only_session().now_playing_queue == Some(serde_json::json!([]))
+    })
+    .await;
+    s.stop().await;
+}
+
 every_version!(
     flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length,
     m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode,
@@ -1640,4 +1777,7 @@ every_version!(
     a_play_while_the_last_item_plays_out_starts_cleanly,
     a_transcoded_stream_plays_and_seeks_by_asking_the_server_again,
     a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact,
+    a_cast_by_another_user_streams_as_the_tokens_own_user,
+    rewind_and_fast_forward_skip_10_s_back_and_30_s_forward,
+    the_last_stopped_clears_the_queue_on_the_server,
 );

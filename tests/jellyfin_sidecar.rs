@@ -528,19 +528,26 @@ async fn an_api_key_token_is_not_controllable_before_10_11_and_says_so(version: 
     });
     let states = record_states(&sidecar);
     if version.socket_from_device_record() {
-        until(Duration::from_secs(20), "the not-controllable state", || {
-            is_not_controllable(&sidecar.state.borrow())
-        })
+        until(
+            Duration::from_secs(20),
+            "the not-controllable state",
+            || is_not_controllable(&sidecar.state.borrow()),
+        )
         .await;
         match &*sidecar.state.borrow() {
-            JellyfinState::NotControllable { problem, remedy, .. } => {
+            JellyfinState::NotControllable {
+                problem, remedy, ..
+            } => {
                 assert!(problem.contains("ForceKeepAlive"), "{problem}");
                 assert!(remedy.contains("Quick Connect"), "{remedy}");
             }
             other => panic!("{other:?}"),
         }
         let seen = fake.seen.lock().unwrap();
-        assert!(seen.unbound_sockets >= 1, "the server bound the socket nowhere");
+        assert!(
+            seen.unbound_sockets >= 1,
+            "the server bound the socket nowhere"
+        );
         assert!(seen.sessions.values().all(|r| !r.cast_target()));
     } else {
         until(Duration::from_secs(10), "connected", || {
@@ -548,13 +555,19 @@ async fn an_api_key_token_is_not_controllable_before_10_11_and_says_so(version: 
         })
         .await;
         let session = fake.only_session();
-        assert_eq!(session.client, "provisioning", "an API key names the client");
+        assert_eq!(
+            session.client, "provisioning",
+            "an API key names the client"
+        );
         assert!(session.cast_target());
     }
     let states = states.lock().unwrap().clone();
     println!("{}: states {states:?}", version.name());
     if version.socket_from_device_record() {
-        assert!(!states.iter().any(is_connected), "never Connected: {states:?}");
+        assert!(
+            !states.iter().any(is_connected),
+            "never Connected: {states:?}"
+        );
     }
     sidecar.stop().await;
 }
@@ -564,12 +577,19 @@ async fn an_api_key_token_is_not_controllable_before_10_11_and_says_so(version: 
 /// target: the server's session list shows it, and the speaker says so.
 async fn a_token_minted_by_another_app_is_not_controllable_before_10_11(version: ServerVersion) {
     let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
-    fake.add_user_token("webtok", support::fake_jellyfin::ADMIN_ID, "Jellyfin Web", None);
+    fake.add_user_token(
+        "webtok",
+        support::fake_jellyfin::ADMIN_ID,
+        "Jellyfin Web",
+        None,
+    );
     let sidecar = start(&fake.url(), Some("webtok"), |_| {});
     if version.socket_from_device_record() {
-        until(Duration::from_secs(20), "the not-controllable state", || {
-            is_not_controllable(&sidecar.state.borrow())
-        })
+        until(
+            Duration::from_secs(20),
+            "the not-controllable state",
+            || is_not_controllable(&sidecar.state.borrow()),
+        )
         .await;
         assert!(fake
             .seen
@@ -618,9 +638,11 @@ async fn a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside(
     );
     std::fs::write(sidecar.dir.join("jellyfin_token"), "new").unwrap();
     fake.logout("old");
-    until(Duration::from_secs(10), "connected with the new token", || {
-        connected(&fake) && fake.seen.lock().unwrap().unauthorized >= 1
-    })
+    until(
+        Duration::from_secs(10),
+        "connected with the new token",
+        || connected(&fake) && fake.seen.lock().unwrap().unauthorized >= 1,
+    )
     .await;
     assert_eq!(token_file(&sidecar), "new");
     assert!(!set_aside(&sidecar), "the fresh token was not set aside");
@@ -673,11 +695,17 @@ async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
     assert!(status.success());
     let fresh = token_file(&sidecar);
     assert_ne!(fresh, "old");
-    until(Duration::from_secs(20), "the daemon on the fresh token", || {
-        connected(&fake) && is_connected(&sidecar.state.borrow())
-    })
+    until(
+        Duration::from_secs(20),
+        "the daemon on the fresh token",
+        || connected(&fake) && is_connected(&sidecar.state.borrow()),
+    )
     .await;
-    assert_eq!(token_file(&sidecar), fresh, "the fresh token stays in the file");
+    assert_eq!(
+        token_file(&sidecar),
+        fresh,
+        "the fresh token stays in the file"
+    );
     let seen = fake.seen.lock().unwrap();
     assert!(seen.tokens.contains(&fresh) && !seen.tokens.iter().any(|t| t == "old"));
     drop(seen);
@@ -702,7 +730,10 @@ async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
         album: "Album".into(),
         duration_ms: 600_000,
     };
-    sidecar.events.send(PlaybackEvent::TrackChanged(track)).unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::TrackChanged(track))
+        .unwrap();
     sidecar
         .events
         .send(PlaybackEvent::Playing { position_ms: 0 })
@@ -730,7 +761,10 @@ async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
             .count(),
         session.idle_stops
     );
-    assert_eq!(session.idle_stops, 0, "the server never stopped the paused playback");
+    assert_eq!(
+        session.idle_stops, 0,
+        "the server never stopped the paused playback"
+    );
     assert_eq!(session.now_playing.as_ref().unwrap()["Name"], "Song");
     sidecar.stop().await;
 }

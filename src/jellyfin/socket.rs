@@ -16,9 +16,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::api::{Api, ApiError};
-use super::cast::CastHandle;
-use super::messages::{parse, to_cast, Inbound, MuteMemory, RecentIds};
-use crate::connect::control::ControlHandle;
+use super::cast::{CastCommand, CastHandle};
+use super::messages::{parse, to_cast, Inbound, MuteMemory, PlayClock, RecentIds};
+use crate::connect::control::{Command, ControlHandle};
 
 /// How the socket checks that the link is alive.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +99,9 @@ pub async fn serve(
         liveness.capabilities_every,
     );
     let mut last_inbound = Instant::now();
+    let mut spotify_events = control.subscribe_events();
+    let mut clock = PlayClock::default();
+    let mut events_open = true;
     // Unbound until the server's first ForceKeepAlive; then `GET /Sessions` confirms that a
     // session of our DeviceId is remote-controllable (a token minted by another app binds the
     // socket to that app's session on 10.9/10.10, and still gets ForceKeepAlive).
@@ -156,6 +159,15 @@ pub async fn serve(
                                     }
                                 }
                             }
+                            Inbound::SeekBy(delta) => match casting {
+                                Some(cast) => cast.send(CastCommand::SeekBy(delta)),
+                                None => {
+                                    let position_ms = clock.target(delta, std::time::Instant::now());
+                                    if let Err(e) = control.send(Command::Seek { position_ms }).await {
+                                        info!("Jellyfin skip not carried out: {e}");
+                                    }
+                                }
+                            },
                             Inbound::Cast(command) => match cast {
                                 Some(cast) => cast.send(command),
                                 None => debug!("no cast player: ignoring {command:?}"),
@@ -189,6 +201,12 @@ pub async fn serve(
                     return SocketEnd::Lost("socket write failed".into());
                 }
             }
+            event = spotify_events.recv(), if events_open => match event {
+                Ok(event) => clock.on_event(&event, std::time::Instant::now()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                // The supervisor is gone (shutdown): nothing more to follow.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => events_open = false,
+            },
             _ = capabilities.tick() => {
                 match api.post_capabilities().await {
                     // Revoked (a new pairing, a user signed the device out): start over.

@@ -83,7 +83,11 @@ pub enum CastCommand {
     Stop,
     Next,
     Previous,
-    Seek { position_ms: u64 },
+    Seek {
+        position_ms: u64,
+    },
+    /// `Rewind`/`FastForward`: relative to the heard position, kept inside the item.
+    SeekBy(i64),
     SetVolume(u16),
     VolumeUp,
     VolumeDown,
@@ -396,6 +400,16 @@ impl Player {
                 }
             }
             CastCommand::Seek { position_ms } => self.seek(position_ms, at).await,
+            CastCommand::SeekBy(delta_ms) => {
+                let Some(now) = &self.now else { return };
+                let heard = self.position.load(Ordering::SeqCst) as i64;
+                let mut to = (heard + delta_ms).max(0) as u64;
+                if let Some(duration) = now.duration {
+                    // Not past the end: a skip forward near the end lands a second before it.
+                    to = to.min((duration.as_millis() as u64).saturating_sub(1_000));
+                }
+                self.seek(to, at).await;
+            }
             CastCommand::SetVolume(v) => self.set_volume(v),
             CastCommand::VolumeUp => {
                 let v = self.settings.mixer.volume().saturating_add(VOLUME_STEP);
@@ -517,7 +531,10 @@ impl Player {
 
     fn report_progress(&self) {
         if let Some(now) = self.now.as_ref().filter(|n| n.started) {
-            *self.last_progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            *self
+                .last_progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             // Progress may be dropped when Jellyfin is far behind; state changes never are.
             let _ = self
                 .reports
@@ -738,7 +755,10 @@ impl Player {
                 });
                 if let Some(now) = &self.now {
                     let report = report::playing(report::PLAYING, &self.state(now));
-                    *self.last_progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                    *self
+                        .last_progress
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                     self.send_report(report).await;
                 }
             }
