@@ -769,6 +769,70 @@ async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
     sidecar.stop().await;
 }
 
+/// `Rewind`/`FastForward` while Spotify plays: a seek 10 s back / 30 s forward from where the
+/// track is (the server's default skip lengths).
+async fn rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let track = TrackInfo {
+        uri: "spotify:track:1".into(),
+        name: "Song".into(),
+        artists: vec!["A".into()],
+        album: "Album".into(),
+        duration_ms: 200_000,
+    };
+    sidecar
+        .events
+        .send(PlaybackEvent::TrackChanged(track))
+        .unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Playing {
+            position_ms: 60_000,
+        })
+        .unwrap();
+    // Paused, so the position stands still whatever the machine's pace.
+    sidecar
+        .events
+        .send(PlaybackEvent::Paused {
+            position_ms: 60_000,
+        })
+        .unwrap();
+    // The paused report shows the events went round (the socket task follows the same
+    // broadcast, and the server's command comes later still).
+    until(Duration::from_secs(5), "the paused report", || {
+        fake.reports().iter().any(|(_, b)| b["IsPaused"] == true)
+    })
+    .await;
+    let playstate =
+        |c: &str| format!(r#"{{"MessageType":"Playstate","Data":{{"Command":"{c}"}}}}"#);
+    fake.push(&playstate("Rewind"));
+    until(Duration::from_secs(5), "a seek", || {
+        !sidecar.commands.lock().unwrap().is_empty()
+    })
+    .await;
+    fake.push(&playstate("FastForward"));
+    until(Duration::from_secs(5), "two seeks", || {
+        sidecar.commands.lock().unwrap().len() >= 2
+    })
+    .await;
+    assert_eq!(
+        *sidecar.commands.lock().unwrap(),
+        vec![
+            Command::Seek {
+                position_ms: 50_000
+            },
+            Command::Seek {
+                position_ms: 90_000
+            },
+        ],
+        "from the paused position (the stand-in supervisor sends no Seeked event)"
+    );
+    sidecar.stop().await;
+}
+
 every_version!(
     registration_is_visible_with_the_right_identity_and_capabilities,
     quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token,
@@ -784,4 +848,5 @@ every_version!(
     a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside,
     pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token,
     a_long_pause_keeps_now_playing_on_the_server,
+    rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths,
 );
