@@ -706,9 +706,10 @@ async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
         fresh,
         "the fresh token stays in the file"
     );
-    let seen = fake.seen.lock().unwrap();
-    assert!(seen.tokens.contains(&fresh) && !seen.tokens.iter().any(|t| t == "old"));
-    drop(seen);
+    {
+        let seen = fake.seen.lock().unwrap();
+        assert!(seen.tokens.contains(&fresh) && !seen.tokens.iter().any(|t| t == "old"));
+    }
     sidecar.stop().await;
 }
 
