@@ -268,6 +268,32 @@ mod tests {
         assert!(r[0].body["PositionTicks"].as_u64().is_some());
     }
 
+    /// The dashboard asks for a now-playing image only for an item with image tags and an id
+    /// to fetch them from (jellyfin-web `getNowPlayingImageUrl`: BackdropImageTags + Id,
+    /// ParentBackdropImageTags + ParentBackdropItemId, ImageTags.Thumb/Primary + Id,
+    /// ParentThumbImageTag + ParentThumbItemId, AlbumPrimaryImageTag + AlbumId). A Spotify track
+    /// has nothing the server can serve, so its Item carries none of them: no image, no 404.
+    #[tokio::test(start_paused = true)]
+    async fn a_spotify_item_offers_no_image_the_server_cannot_serve() {
+        let mut b = ReportBuilder::new(32768);
+        b.on_event(&PlaybackEvent::TrackChanged(track("spotify:track:1")));
+        let r = b.on_event(&PlaybackEvent::Playing { position_ms: 0 });
+        let item = r[0].body["Item"].as_object().unwrap();
+        for key in [
+            "Id",
+            "ImageTags",
+            "BackdropImageTags",
+            "ParentBackdropImageTags",
+            "ParentBackdropItemId",
+            "ParentThumbImageTag",
+            "ParentThumbItemId",
+            "AlbumPrimaryImageTag",
+            "AlbumId",
+        ] {
+            assert!(!item.contains_key(key), "{key} in {item:?}");
+        }
+    }
+
     /// A six-minute pause: the server stops a playback that has not checked in for 5 minutes,
     /// so the paused speaker checks in every minute (ticked every 10 s like the daemon).
     #[tokio::test(start_paused = true)]
