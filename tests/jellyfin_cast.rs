@@ -1765,6 +1765,42 @@ async fn the_last_stopped_clears_the_queue_on_the_server(version: ServerVersion)
     s.stop().await;
 }
 
+/// A paused cast checks in (here every 0.5 s, in the daemon every 60 s): the server stops a
+/// playback that has not reported for 5 minutes, and the remote would lose it mid-pause.
+async fn a_paused_cast_keeps_checking_in(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        pace: Some(1.0),
+        paused_check_in: Some(Duration::from_millis(500)),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake
+        .add_media(&id, media(&tone(dir.path(), "p", 440, 20.0), "audio/flac"));
+    s.play(&[&id], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    s.playstate("Pause", "");
+    let paused = || {
+        s.reports("/Sessions/Playing/Progress")
+            .into_iter()
+            .filter(|r| r["IsPaused"] == true)
+            .count()
+    };
+    until(Duration::from_secs(15), "three paused check-ins", || {
+        paused() >= 3
+    })
+    .await;
+    assert!(s.fake.only_session().now_playing.is_some());
+    s.playstate("Stop", "");
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    s.stop().await;
+}
+
 every_version!(
     flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length,
     m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode,
@@ -1780,4 +1816,5 @@ every_version!(
     a_cast_by_another_user_streams_as_the_tokens_own_user,
     rewind_and_fast_forward_skip_10_s_back_and_30_s_forward,
     the_last_stopped_clears_the_queue_on_the_server,
+    a_paused_cast_keeps_checking_in,
 );
