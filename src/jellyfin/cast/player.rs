@@ -186,6 +186,7 @@ pub fn spawn(
         user: None,
         last_failed: None,
         last_progress: Mutex::new(None),
+        queue_on_server: false,
     };
     tokio::spawn(player.run(rx, audio_events, shutdown));
     handle
@@ -281,6 +282,9 @@ struct Player {
     last_failed: Option<FailedItem>,
     /// When the last progress of the current item went out (the paused check-in).
     last_progress: Mutex<Option<Instant>>,
+    /// A `Playing` with our queue went out and no final `Stopped` since: the server holds our
+    /// queue on the session.
+    queue_on_server: bool,
 }
 
 /// Volume step for VolumeUp/VolumeDown: 1/32 of the range, about what the Spotify app steps.
@@ -555,9 +559,13 @@ impl Player {
     /// keeps the last non-null queue on the session otherwise, and the remote keeps showing it).
     async fn end_current_as(&mut self, failed: bool, last: bool) {
         if let Some(now) = self.now.take() {
-            if now.started || failed {
+            // A cast stopped before its next item's first frame still clears its queue.
+            if now.started || failed || (last && self.queue_on_server) {
                 let report = report::stopped(&self.state(&now), failed, last);
                 self.send_report(report).await;
+                if last {
+                    self.queue_on_server = false;
+                }
             }
         }
     }
@@ -643,6 +651,9 @@ impl Player {
         });
         let report = report::stopped(&self.state(now), true, last);
         self.send_report(report).await;
+        if last {
+            self.queue_on_server = false;
+        }
     }
 
     async fn open_stream(&self, now: &Now, start_ms: u64) -> Result<HttpSource, String> {
@@ -755,6 +766,7 @@ impl Player {
                 });
                 if let Some(now) = &self.now {
                     let report = report::playing(report::PLAYING, &self.state(now));
+                    self.queue_on_server = true;
                     *self
                         .last_progress
                         .lock()
