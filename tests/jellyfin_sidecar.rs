@@ -834,6 +834,19 @@ async fn rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths(versio
     sidecar.stop().await;
 }
 
+/// Quick Connect switched off on the server: the status page says so and what to do instead.
+async fn quick_connect_disabled_on_the_server_is_explained(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.seen.lock().unwrap().quick_connect_disabled = true;
+    let sidecar = start(&fake.url(), None, |_| {});
+    until(Duration::from_secs(10), "the explanation", || {
+        matches!(&*sidecar.state.borrow(),
+            JellyfinState::Retrying { last_error } if last_error.contains("Quick Connect is disabled"))
+    })
+    .await;
+    sidecar.stop().await;
+}
+
 every_version!(
     registration_is_visible_with_the_right_identity_and_capabilities,
     quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token,
@@ -850,4 +863,5 @@ every_version!(
     pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token,
     a_long_pause_keeps_now_playing_on_the_server,
     rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths,
+    quick_connect_disabled_on_the_server_is_explained,
 );

@@ -221,8 +221,10 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// `SupportsRemoteControl` in `GET /Sessions` (SessionInfo.cs, all three: media control and a
-    /// session controller that is active, i.e. a bound open socket).
+    /// `SupportsRemoteControl` in `GET /Sessions`: the capabilities' SupportsMediaControl and a
+    /// controller that supports media control (MediaBrowser.Controller/Session/SessionInfo.cs
+    /// v10.10.7 L246-266), which a `WebSocketController` does while it has an open socket
+    /// (WebSocketController.cs v10.10.7 L56-60); same in all three.
     pub fn cast_target(&self) -> bool {
         self.socket_open
             && self
@@ -1090,7 +1092,10 @@ async fn handle(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
             None => respond(StatusCode::BAD_REQUEST, Value::Null),
         },
         ("GET", "/Sessions") => {
+            // SessionManager.GetSessions (v10.10.7 L1857-1933, same in all three): DeviceId
+            // compared ignoring case; a non-administrator sees sessions without a user or its own.
             let device = query_value(&query, "DeviceId");
+            let own = caller.user.as_ref().map(|u| u.id.clone());
             let s = seen.lock().unwrap();
             let list: Vec<Value> = s
                 .sessions
@@ -1100,6 +1105,7 @@ async fn handle(mut req: Request<Incoming>, shared: Shared) -> Response<Body> {
                         .as_deref()
                         .is_none_or(|d| r.device_id.eq_ignore_ascii_case(d))
                 })
+                .filter(|r| caller.admin || r.user_id.is_none() || r.user_id == own)
                 .map(|r| {
                     json!({
                         "Client": r.client, "DeviceId": r.device_id, "DeviceName": r.device,
