@@ -713,10 +713,10 @@ async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
     sidecar.stop().await;
 }
 
-/// A long pause on a server whose 5 minutes are scaled to 3 s: the paused speaker checks in, so
+/// A long pause on a server whose 5 minutes are scaled to 6 s: the paused speaker checks in, so
 /// the server's idle check never stops its now-playing (12 server minutes: two idle checks).
 async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
-    let scale = 0.01;
+    let scale = 0.02;
     let fake = FakeJellyfin::start_version("127.0.0.1:0", scale, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |s| {
