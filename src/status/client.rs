@@ -76,6 +76,12 @@ pub fn render(status: &Value) -> String {
         },
     );
     line("jellyfin", text(&status["jellyfin"]["state"]));
+    // `not_controllable`: what is wrong and what to do (see JellyfinState::NotControllable).
+    for key in ["problem", "remedy"] {
+        if status["jellyfin"][key].is_string() {
+            line(&format!("jellyfin {key}"), text(&status["jellyfin"][key]));
+        }
+    }
     // The Jellyfin cast, once one has played since the daemon started.
     let cast = &status["jellyfin"]["cast"];
     if cast.is_object() {
@@ -156,6 +162,17 @@ mod tests {
             "spotify": {"state": "connected", "reconnect_count": 0, "last_loss": null, "track": null},
             "jellyfin": {"state": "connected", "server": "http://jf:8096"},
         })
+    }
+
+    #[test]
+    fn a_speaker_nobody_can_control_says_why_and_what_to_do() {
+        let mut status = base();
+        status["jellyfin"] = json!({"state": "not_controllable", "server": "http://jf:8096",
+            "problem": "no ForceKeepAlive", "remedy": "pair with Quick Connect"});
+        let text = render(&status);
+        assert!(text.contains("not_controllable\n"), "{text}");
+        assert!(text.contains("no ForceKeepAlive\n"), "{text}");
+        assert!(text.contains("pair with Quick Connect\n"), "{text}");
     }
 
     #[test]
