@@ -1804,6 +1804,50 @@ async fn a_paused_cast_keeps_checking_in(version: ServerVersion) {
     s.stop().await;
 }
 
+/// "Shuffle" in a Jellyfin client as the real server delivers it: the server shuffles the items
+/// and sends PlayNow (SessionManager.SendPlayCommand), so the speaker plays them in the order
+/// they came, every one once, with the default playback order.
+async fn a_shuffle_from_the_server_arrives_as_play_now_in_the_servers_order(
+    version: ServerVersion,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (name, hz) in [("x", 400), ("y", 800), ("z", 1600)] {
+        let id = guid();
+        s.fake
+            .add_media(&id, media(&tone(dir.path(), name, hz, 0.3), "audio/flac"));
+        ids.push(id);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.fake
+        .play(&refs, "PlayShuffle", 0, 0, support::fake_jellyfin::ADMIN_ID);
+    s.wait_stopped(3, Duration::from_secs(10)).await;
+    let playing = s.reports("/Sessions/Playing");
+    let order: Vec<String> = playing
+        .iter()
+        .map(|p| p["ItemId"].as_str().unwrap().to_string())
+        .collect();
+    let queue: Vec<String> = playing[0]["NowPlayingQueue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, queue, "played in the order the server sent");
+    let mut sorted = order.clone();
+    sorted.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sorted, want, "every item once");
+    assert!(playing.iter().all(|p| p["PlaybackOrder"] == "Default"));
+    s.stop().await;
+}
+
 every_version!(
     flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length,
     m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode,
@@ -1820,4 +1864,5 @@ every_version!(
     rewind_and_fast_forward_skip_10_s_back_and_30_s_forward,
     the_last_stopped_clears_the_queue_on_the_server,
     a_paused_cast_keeps_checking_in,
+    a_shuffle_from_the_server_arrives_as_play_now_in_the_servers_order,
 );
