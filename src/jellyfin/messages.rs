@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::cast::{CastCommand, PlayCommand, PlayRequest, PlaybackOrder, RepeatMode};
 use crate::audio::MAX_VOLUME;
-use crate::connect::control::{Command, PlaybackEvent};
+use crate::connect::control::Command;
 
 /// What a message asks of us.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,56 +28,6 @@ pub enum Inbound {
 /// Jellyfin's default skip lengths (see `playstate`).
 pub const SKIP_BACK_MS: i64 = 10_000;
 pub const SKIP_FORWARD_MS: i64 = 30_000;
-
-/// Where Spotify's playback is now, from its playback events (the status snapshot holds the
-/// position of the last event only), for `Rewind`/`FastForward` while Spotify plays.
-#[derive(Debug, Default)]
-pub struct PlayClock {
-    position_ms: u64,
-    since: Option<std::time::Instant>,
-    duration_ms: u64,
-}
-
-impl PlayClock {
-    pub fn on_event(&mut self, event: &PlaybackEvent, now: std::time::Instant) {
-        match event {
-            PlaybackEvent::TrackChanged(track) => {
-                self.duration_ms = u64::from(track.duration_ms);
-                self.position_ms = 0;
-                self.since = None;
-            }
-            PlaybackEvent::Playing { position_ms } => {
-                self.position_ms = u64::from(*position_ms);
-                self.since = Some(now);
-            }
-            PlaybackEvent::Paused { position_ms } => {
-                self.position_ms = u64::from(*position_ms);
-                self.since = None;
-            }
-            PlaybackEvent::Seeked { position_ms } => {
-                self.position_ms = u64::from(*position_ms);
-                if self.since.is_some() {
-                    self.since = Some(now);
-                }
-            }
-            PlaybackEvent::Stopped => *self = Self::default(),
-            PlaybackEvent::VolumeChanged(_) => {}
-        }
-    }
-
-    /// The seek target `delta_ms` from now, kept inside the track.
-    pub fn target(&self, delta_ms: i64, now: std::time::Instant) -> u32 {
-        let elapsed = self
-            .since
-            .map_or(0, |at| now.saturating_duration_since(at).as_millis() as u64);
-        let at = (self.position_ms + elapsed) as i64;
-        let mut to = (at + delta_ms).max(0) as u64;
-        if self.duration_ms > 0 {
-            to = to.min(self.duration_ms.saturating_sub(1_000));
-        }
-        u32::try_from(to).unwrap_or(u32::MAX)
-    }
-}
 
 /// Remembers recent MessageIds so a repeated message is acted on once.
 #[derive(Debug, Default)]
@@ -322,36 +272,6 @@ mod tests {
         let m = |c: &str| format!(r#"{{"MessageType":"Playstate","Data":{{"Command":"{c}"}}}}"#);
         assert_eq!(p(&m("Rewind")), Inbound::SeekBy(-10_000));
         assert_eq!(p(&m("FastForward")), Inbound::SeekBy(30_000));
-        let t0 = std::time::Instant::now();
-        let mut clock = PlayClock::default();
-        clock.on_event(
-            &PlaybackEvent::TrackChanged(crate::connect::control::TrackInfo {
-                uri: "u".into(),
-                name: "n".into(),
-                artists: vec![],
-                album: "a".into(),
-                duration_ms: 100_000,
-            }),
-            t0,
-        );
-        clock.on_event(&PlaybackEvent::Playing { position_ms: 5_000 }, t0);
-        let later = t0 + std::time::Duration::from_secs(20);
-        assert_eq!(clock.target(-10_000, later), 15_000, "25 s in, back 10");
-        assert_eq!(clock.target(30_000, later), 55_000);
-        assert_eq!(clock.target(-60_000, later), 0, "not before the start");
-        assert_eq!(clock.target(300_000, later), 99_000, "not past the end");
-        clock.on_event(
-            &PlaybackEvent::Paused {
-                position_ms: 30_000,
-            },
-            later,
-        );
-        let much_later = later + std::time::Duration::from_secs(60);
-        assert_eq!(
-            clock.target(30_000, much_later),
-            60_000,
-            "paused: the clock stands"
-        );
     }
 
     #[test]

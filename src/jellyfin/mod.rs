@@ -10,6 +10,7 @@ mod api;
 pub mod cast;
 mod identity;
 mod messages;
+mod play_clock;
 mod reporter;
 mod socket;
 

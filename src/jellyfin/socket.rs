@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::api::{Api, ApiError};
 use super::cast::{CastCommand, CastHandle};
-use super::messages::{parse, to_cast, Inbound, MuteMemory, PlayClock, RecentIds};
+use super::messages::{parse, to_cast, Inbound, MuteMemory, RecentIds};
+use super::play_clock::PlayClock;
 use crate::connect::control::{Command, ControlHandle};
 
 /// How the socket checks that the link is alive.
