@@ -248,6 +248,7 @@ async fn run_async(config: Config) -> ExitCode {
             stream: jellyfin::cast::StreamSettings::default(),
             handover_wait: Duration::from_secs(3),
             progress_every: Duration::from_secs(10),
+            paused_check_in: jellyfin::PAUSED_CHECK_IN,
             status: cast_status.clone(),
         });
         tokio::spawn(jellyfin::run(

@@ -31,7 +31,7 @@ use pispeaker::jellyfin::cast::{
 };
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
-use support::fake_jellyfin::{FakeJellyfin, Media, Served};
+use support::fake_jellyfin::{FakeJellyfin, Media, Served, ServerVersion};
 use support::signal::ncc;
 use support::wait::until;
 use tokio::sync::watch;
@@ -453,6 +453,10 @@ struct Speaker {
 
 #[derive(Default)]
 struct Options {
+    version: ServerVersion,
+    /// The token's user (a plain user, added to the server); None: the administrator.
+    user: Option<&'static str>,
+    paused_check_in: Option<Duration>,
     pace: Option<f64>,
     stream: StreamSettings,
 }
@@ -460,8 +464,14 @@ struct Options {
 async fn speaker(options: Options) -> Speaker {
     // RUST_LOG=debug shows the player's side when a test fails.
     let _ = env_logger::builder().is_test(true).try_init();
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
-    fake.add_token("tok");
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, options.version).await;
+    match options.user {
+        Some(user) => {
+            fake.add_user(user, "child", false);
+            fake.add_user_token("tok", user, "pispeaker", None);
+        }
+        None => fake.add_token("tok"),
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jellyfin_token"), "tok").unwrap();
     let captured = Arc::new(Mutex::new(Captured::default()));
@@ -506,11 +516,13 @@ async fn speaker(options: Options) -> Speaker {
             ping_every: Duration::from_millis(500),
             dead_after: Duration::from_secs(5),
             capabilities_every: Duration::from_secs(60),
+            bound_within: Duration::from_secs(10),
         },
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
+        paused_check_in: jellyfin::PAUSED_CHECK_IN,
         cast: Some(CastSettings {
             output,
             mixer: mixer.clone(),
@@ -518,6 +530,7 @@ async fn speaker(options: Options) -> Speaker {
             stream: options.stream,
             handover_wait: Duration::from_secs(3),
             progress_every: Duration::from_millis(500),
+            paused_check_in: options.paused_check_in.unwrap_or(jellyfin::PAUSED_CHECK_IN),
             status: cast_status.clone(),
         }),
     };
@@ -644,10 +657,13 @@ impl Speaker {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length() {
+async fn flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length(version: ServerVersion) {
     let fx = fixture(SECONDS);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let ids: Vec<String> = (0..4).map(|_| guid()).collect();
     for (id, (ext, mime)) in ids.iter().zip([
         ("flac", "audio/flac"),
@@ -803,11 +819,14 @@ fn the_fake_server_chooses_original_or_transcode_from_the_speakers_own_request()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
+async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let enc = encode_with_ffmpeg(&fx);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let (m4a, opus) = (guid(), guid());
     // Each original comes with a transcode, so only the speaker's request decides which one
     // is sent. The containers are what ffprobe names them (the server stores that).
@@ -841,7 +860,8 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     assert_eq!(served(&opus), [Served::Transcode], "Opus is not: FLAC");
     let playing = s.reports("/Sessions/Playing");
     assert_eq!(playing[0]["PlayMethod"], "DirectPlay");
-    assert_eq!(playing[1]["PlayMethod"], "Transcode");
+    // A server transcode, reported as the server will keep it (see report.rs).
+    assert_eq!(playing[1]["PlayMethod"], "DirectStream");
     assert!(s
         .reports("/Sessions/Playing/Stopped")
         .iter()
@@ -952,6 +972,7 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
 
     // And a Seek command while it plays (paced at twice real time, so there is time to seek).
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -967,11 +988,14 @@ async fn m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_position_and_seek_land_within_100_ms() {
+async fn start_position_and_seek_land_within_100_ms(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let reference = left(&fx.reference);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     // StartPositionTicks = 1.5 s, for each format (decoder-side accurate seek over HTTP ranges).
     let ids: Vec<String> = (0..3).map(|_| guid()).collect();
     for (id, ext) in ids.iter().zip(["flac", "mp3", "ogg"]) {
@@ -1011,6 +1035,7 @@ async fn start_position_and_seek_land_within_100_ms() {
 
     // A Seek command mid-play, paced at real time.
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1033,10 +1058,12 @@ async fn start_position_and_seek_land_within_100_ms() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
+async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported(
+    version: ServerVersion,
+) {
     let dir = tempfile::tempdir().unwrap();
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -1185,12 +1212,15 @@ async fn play_next_and_play_last_order_the_queue_and_the_modes_are_reported() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn play_shuffle_plays_every_item_once_in_the_reported_order() {
+async fn play_shuffle_plays_every_item_once_in_the_reported_order(version: ServerVersion) {
     // The real server shuffles itself and sends PlayNow; a server that passes PlayShuffle on
     // must still get every item once, in the order the speaker reports.
     let dir = tempfile::tempdir().unwrap();
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let mut tone_of = HashMap::new();
     let mut ids = Vec::new();
     for (name, hz) in [("x", 400), ("y", 800), ("z", 1600)] {
@@ -1243,10 +1273,15 @@ async fn play_shuffle_plays_every_item_once_in_the_reported_order() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped() {
+async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped(
+    version: ServerVersion,
+) {
     let fx = fixture(1);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let (broken, garbage, good) = (guid(), guid(), guid());
     s.fake.add_media(
         &broken,
@@ -1295,8 +1330,7 @@ async fn an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped()
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
+async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast(version: ServerVersion) {
     let fx = fixture(6);
     // The server sends at 3× the audio's byte rate and stalls 2 s at 60 % of the file (3.6 s of
     // audio, reached after ~1.2 s, so ~2.4 s is buffered then). A real sound card pace.
@@ -1304,8 +1338,10 @@ async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
         let fx = &fx;
         async move {
             let s = speaker(Options {
+                version,
                 pace: Some(1.0),
                 stream: StreamSettings::default(),
+                ..Options::default()
             })
             .await;
             let flac = &fx.files["flac"];
@@ -1345,10 +1381,12 @@ async fn a_2_s_network_stall_does_not_underrun_and_play_starts_fast() {
     assert!(underruns > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together() {
+async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together(
+    version: ServerVersion,
+) {
     let fx = fixture(SECONDS);
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1441,10 +1479,10 @@ async fn spotify_and_the_cast_hand_the_device_over_and_are_never_open_together()
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
+async fn a_play_while_the_last_item_plays_out_starts_cleanly(version: ServerVersion) {
     let fx = fixture(1);
     let s = speaker(Options {
+        version,
         pace: Some(1.0),
         ..Options::default()
     })
@@ -1476,10 +1514,10 @@ async fn a_play_while_the_last_item_plays_out_starts_cleanly() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
+async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again(version: ServerVersion) {
     let fx = fixture(SECONDS);
     let s = speaker(Options {
+        version,
         pace: Some(2.0),
         ..Options::default()
     })
@@ -1497,7 +1535,16 @@ async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
         !s.reports("/Sessions/Playing").is_empty()
     })
     .await;
-    assert_eq!(s.reports("/Sessions/Playing")[0]["PlayMethod"], "Transcode");
+    // The server keeps Transcode only for a PlaySessionId of its own transcoding jobs
+    // (ValidatePlayMethod), which the universal endpoint never tells the speaker: what the
+    // speaker reports is what the server keeps.
+    let reported = s.reports("/Sessions/Playing")[0]["PlayMethod"].clone();
+    assert_eq!(reported, "DirectStream");
+    assert_eq!(
+        s.fake.only_session().play_method.as_deref(),
+        reported.as_str(),
+        "the server kept the reported method"
+    );
     s.playstate("Seek", r#","SeekPositionTicks":20000000"#);
     until(Duration::from_secs(3), "a second request from 2 s", || {
         s.fake
@@ -1519,10 +1566,15 @@ async fn a_transcoded_stream_plays_and_seeks_by_asking_the_server_again() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact() {
+async fn a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact(
+    version: ServerVersion,
+) {
     let fx = fixture(SECONDS);
-    let s = speaker(Options::default()).await;
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
     let id = guid();
     let flac = &fx.files["flac"];
     // Every response stops after 1/8 of the file: eight drops, more than the 3 resumes allowed
@@ -1585,3 +1637,232 @@ fn the_cast_test_hook_plays_a_file_and_prints_its_figures() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open ALSA PCM"));
 }
+
+/// A multi-user home: a plain (non-admin) user paired the speaker, the administrator casts. The
+/// stream goes out as the token's own user; with the caster's id the server would answer 403.
+async fn a_cast_by_another_user_streams_as_the_tokens_own_user(version: ServerVersion) {
+    const CHILD: &str = "1a2b3c4d5e6f40718293a4b5c6d7e8f9";
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        user: Some(CHILD),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake
+        .add_media(&id, media(&tone(dir.path(), "t", 440, 0.5), "audio/flac"));
+    s.play(&[&id], "PlayNow", 0, 0); // ControllingUserId: the administrator
+    s.wait_stopped(1, Duration::from_secs(10)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert_eq!(stopped[0]["Failed"], false, "played: {stopped:?}");
+    assert_eq!(s.reports("/Sessions/Playing").len(), 1);
+    let requests = s.fake.audio_requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(
+            r.query.contains(&format!("UserId={CHILD}")),
+            "as the token's user: {}",
+            r.query
+        );
+    }
+    assert_eq!(s.fake.seen.lock().unwrap().forbidden, 0, "no 403");
+    s.stop().await;
+}
+
+/// `Rewind` and `FastForward` skip by Jellyfin's default lengths: 10 s back, 30 s forward.
+async fn rewind_and_fast_forward_skip_10_s_back_and_30_s_forward(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        pace: Some(1.0),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake.add_media(
+        &id,
+        media(&tone(dir.path(), "long", 440, 50.0), "audio/flac"),
+    );
+    s.play(&[&id], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    let progress_since = |n: usize| -> Vec<u64> {
+        s.reports("/Sessions/Playing/Progress")[n..]
+            .iter()
+            .filter_map(|r| r["PositionTicks"].as_u64())
+            .map(|t| t / 10_000)
+            .collect()
+    };
+    let before = s.reports("/Sessions/Playing/Progress").len();
+    s.playstate("FastForward", "");
+    until(Duration::from_secs(10), "30 s further", || {
+        progress_since(before)
+            .iter()
+            .any(|ms| (30_000..32_000).contains(ms))
+    })
+    .await;
+    let before = s.reports("/Sessions/Playing/Progress").len();
+    s.playstate("Rewind", "");
+    until(Duration::from_secs(10), "10 s back", || {
+        progress_since(before)
+            .iter()
+            .any(|ms| (20_000..23_000).contains(ms))
+    })
+    .await;
+    println!(
+        "{}: positions after the skips {:?}",
+        version.name(),
+        progress_since(0)
+    );
+    s.playstate("Stop", "");
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    s.stop().await;
+}
+
+/// The server replaces a session's queue only with a non-null one: the cast's last `Stopped`
+/// carries an empty queue, so the finished cast's queue does not stick to the session; the
+/// `Stopped` between items carries none.
+async fn the_last_stopped_clears_the_queue_on_the_server(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        // Real time, so the second cast is still playing when the test looks and stops it.
+        pace: Some(1.0),
+        ..Options::default()
+    })
+    .await;
+    let (a, b) = (guid(), guid());
+    s.fake
+        .add_media(&a, media(&tone(dir.path(), "a", 440, 0.5), "audio/flac"));
+    s.fake
+        .add_media(&b, media(&tone(dir.path(), "b", 880, 0.5), "audio/flac"));
+    s.play(&[&a, &b], "PlayNow", 0, 0);
+    s.wait_stopped(2, Duration::from_secs(10)).await;
+    let stopped = s.reports("/Sessions/Playing/Stopped");
+    assert!(stopped[0].get("NowPlayingQueue").is_none(), "{stopped:?}");
+    assert_eq!(stopped[1]["NowPlayingQueue"], serde_json::json!([]));
+    until(Duration::from_secs(5), "the server's queue cleared", || {
+        let session = s.fake.only_session();
+        session.now_playing.is_none() && session.now_playing_queue == Some(serde_json::json!([]))
+    })
+    .await;
+    // A Stop command ends a cast too.
+    s.play(&[&a, &b], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing again", || {
+        s.fake
+            .only_session()
+            .now_playing_queue
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|q| q.len() == 2)
+    })
+    .await;
+    s.playstate("Stop", "");
+    until(Duration::from_secs(5), "cleared after Stop", || {
+        s.fake.only_session().now_playing_queue == Some(serde_json::json!([]))
+    })
+    .await;
+    s.stop().await;
+}
+
+/// A paused cast checks in (here every 0.5 s, in the daemon every 60 s): the server stops a
+/// playback that has not reported for 5 minutes, and the remote would lose it mid-pause.
+async fn a_paused_cast_keeps_checking_in(version: ServerVersion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        pace: Some(1.0),
+        paused_check_in: Some(Duration::from_millis(500)),
+        ..Options::default()
+    })
+    .await;
+    let id = guid();
+    s.fake
+        .add_media(&id, media(&tone(dir.path(), "p", 440, 20.0), "audio/flac"));
+    s.play(&[&id], "PlayNow", 0, 0);
+    until(Duration::from_secs(5), "playing", || {
+        !s.reports("/Sessions/Playing").is_empty()
+    })
+    .await;
+    s.playstate("Pause", "");
+    let paused = || {
+        s.reports("/Sessions/Playing/Progress")
+            .into_iter()
+            .filter(|r| r["IsPaused"] == true)
+            .count()
+    };
+    until(Duration::from_secs(15), "three paused check-ins", || {
+        paused() >= 3
+    })
+    .await;
+    assert!(s.fake.only_session().now_playing.is_some());
+    s.playstate("Stop", "");
+    s.wait_stopped(1, Duration::from_secs(5)).await;
+    s.stop().await;
+}
+
+/// "Shuffle" in a Jellyfin client as the real server delivers it: the server shuffles the items
+/// and sends PlayNow (SessionManager.SendPlayCommand), so the speaker plays them in the order
+/// they came, every one once, with the default playback order.
+async fn a_shuffle_from_the_server_arrives_as_play_now_in_the_servers_order(
+    version: ServerVersion,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = speaker(Options {
+        version,
+        ..Options::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for (name, hz) in [("x", 400), ("y", 800), ("z", 1600)] {
+        let id = guid();
+        s.fake
+            .add_media(&id, media(&tone(dir.path(), name, hz, 0.3), "audio/flac"));
+        ids.push(id);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    s.fake
+        .play(&refs, "PlayShuffle", 0, 0, support::fake_jellyfin::ADMIN_ID);
+    s.wait_stopped(3, Duration::from_secs(10)).await;
+    let playing = s.reports("/Sessions/Playing");
+    let order: Vec<String> = playing
+        .iter()
+        .map(|p| p["ItemId"].as_str().unwrap().to_string())
+        .collect();
+    let queue: Vec<String> = playing[0]["NowPlayingQueue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, queue, "played in the order the server sent");
+    let mut sorted = order.clone();
+    sorted.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sorted, want, "every item once");
+    assert!(playing.iter().all(|p| p["PlaybackOrder"] == "Default"));
+    s.stop().await;
+}
+
+every_version!(
+    flac_mp3_ogg_and_wav_decode_to_the_source_with_the_right_length,
+    m4a_plays_as_the_original_and_opus_as_the_servers_flac_transcode,
+    start_position_and_seek_land_within_100_ms,
+    play_next_and_play_last_order_the_queue_and_the_modes_are_reported,
+    play_shuffle_plays_every_item_once_in_the_reported_order,
+    an_item_that_fails_to_stream_or_decode_is_reported_failed_and_skipped,
+    a_2_s_network_stall_does_not_underrun_and_play_starts_fast,
+    spotify_and_the_cast_hand_the_device_over_and_are_never_open_together,
+    a_play_while_the_last_item_plays_out_starts_cleanly,
+    a_transcoded_stream_plays_and_seeks_by_asking_the_server_again,
+    a_connection_dropped_again_and_again_is_resumed_with_ranges_bit_exact,
+    a_cast_by_another_user_streams_as_the_tokens_own_user,
+    rewind_and_fast_forward_skip_10_s_back_and_30_s_forward,
+    the_last_stopped_clears_the_queue_on_the_server,
+    a_paused_cast_keeps_checking_in,
+    a_shuffle_from_the_server_arrives_as_play_now_in_the_servers_order,
+);

@@ -152,11 +152,13 @@ fn twenty_drops_each_restored_within_5_s_with_one_session() {
                     ping_every: Duration::from_millis(500),
                     dead_after: Duration::from_secs(2),
                     capabilities_every: Duration::from_secs(60),
+                    bound_within: Duration::from_secs(10),
                 },
                 backoff_initial: Duration::from_millis(250),
                 backoff_max: Duration::from_secs(1),
                 quick_connect_poll: Duration::from_millis(200),
                 progress_every: Duration::from_secs(10),
+                paused_check_in: jellyfin::PAUSED_CHECK_IN,
                 cast: None,
             };
             let (tx, rx) = tokio::sync::watch::channel(JellyfinState::Disabled);

@@ -14,7 +14,7 @@ use pispeaker::connect::control::{
 };
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
-use support::fake_jellyfin::FakeJellyfin;
+use support::fake_jellyfin::{FakeJellyfin, ServerVersion};
 use support::wait::until;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -41,11 +41,13 @@ fn settings(server: &str, dir: &std::path::Path) -> JellyfinSettings {
             ping_every: Duration::from_millis(500),
             dead_after: Duration::from_secs(3),
             capabilities_every: Duration::from_secs(60),
+            bound_within: Duration::from_secs(10),
         },
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(1),
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
+        paused_check_in: jellyfin::PAUSED_CHECK_IN,
         cast: None,
     }
 }
@@ -107,9 +109,8 @@ fn connected(fake: &FakeJellyfin) -> bool {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_is_visible_with_the_right_identity_and_capabilities() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn registration_is_visible_with_the_right_identity_and_capabilities(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     // The deadline is generous on purpose (armv7 under qemu on a loaded machine); the time is a
@@ -152,9 +153,10 @@ async fn registration_is_visible_with_the_right_identity_and_capabilities() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token(
+    version: ServerVersion,
+) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     let sidecar = start(&fake.url(), None, |_| {});
     // The status page, as the daemon serves it.
     let listener = pispeaker::status::bind("127.0.0.1:0").await.unwrap();
@@ -196,10 +198,9 @@ async fn quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
+async fn ten_server_minutes_of_keep_alive_never_lose_the_session(version: ServerVersion) {
     // Scale 0.05: ForceKeepAlive 3 s, lost after 3 s without KeepAlive, checked every 0.6 s.
-    let fake = FakeJellyfin::start("127.0.0.1:0", 0.05).await;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 0.05, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |s| {
         s.liveness.dead_after = Duration::from_secs(10);
@@ -229,9 +230,8 @@ async fn ten_server_minutes_of_keep_alive_never_lose_the_session() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_restart_gets_exactly_one_session_with_capabilities_again() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_server_restart_gets_exactly_one_session_with_capabilities_again(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -248,9 +248,8 @@ async fn a_server_restart_gets_exactly_one_session_with_capabilities_again() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_set_aside_and_pairing_starts_again() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_revoked_token_is_set_aside_and_pairing_starts_again(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("old");
     let sidecar = start(&fake.url(), Some("old"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -281,9 +280,8 @@ async fn a_revoked_token_is_set_aside_and_pairing_starts_again() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_remote_command_reaches_the_control_handle() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn every_remote_command_reaches_the_control_handle(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -337,9 +335,8 @@ async fn every_remote_command_reaches_the_control_handle() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn now_playing_reports_are_correct_and_in_order() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn now_playing_reports_are_correct_and_in_order(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -392,9 +389,8 @@ async fn now_playing_reports_are_correct_and_in_order() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_malformed_or_unknown_messages_change_nothing() {
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+async fn a_thousand_malformed_or_unknown_messages_change_nothing(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("tok");
     let sidecar = start(&fake.url(), Some("tok"), |_| {});
     until(Duration::from_secs(3), "connected", || connected(&fake)).await;
@@ -465,10 +461,9 @@ async fn a_down_server_never_blocks_the_control_handle() {
     sidecar.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pispeaker_jellyfin_pair_pairs_from_a_terminal() {
+async fn pispeaker_jellyfin_pair_pairs_from_a_terminal(version: ServerVersion) {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
         .args(["--config", "/dev/null", "--cache"])
@@ -499,3 +494,374 @@ async fn pispeaker_jellyfin_pair_pairs_from_a_terminal() {
     let token = std::fs::read_to_string(dir.path().join("jellyfin_token")).unwrap();
     assert!(fake.seen.lock().unwrap().tokens.contains(&token));
 }
+
+/// Every state the sidecar published, in order (a watcher task; the sidecar changes state
+/// seconds apart, so none is missed).
+fn record_states(sidecar: &Sidecar) -> Arc<Mutex<Vec<JellyfinState>>> {
+    let states = Arc::new(Mutex::new(vec![sidecar.state.borrow().clone()]));
+    let (mut rx, out) = (sidecar.state.clone(), states.clone());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let state = rx.borrow_and_update().clone();
+            out.lock().unwrap().push(state);
+        }
+    });
+    states
+}
+
+fn is_connected(state: &JellyfinState) -> bool {
+    matches!(state, JellyfinState::Connected { .. })
+}
+
+fn is_not_controllable(state: &JellyfinState) -> bool {
+    matches!(state, JellyfinState::NotControllable { .. })
+}
+
+/// An admin API key as `token-file`: 10.9/10.10 bind its socket to no session (no ForceKeepAlive,
+/// no commands, never a cast target), so the speaker must say so, with the remedy, and never
+/// "Connected"; 10.11 binds it (to a session named after the key) and it works.
+async fn an_api_key_token_is_not_controllable_before_10_11_and_says_so(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_api_key("apikey", "provisioning");
+    let sidecar = start(&fake.url(), Some("apikey"), |s| {
+        s.liveness.bound_within = Duration::from_secs(2);
+    });
+    let states = record_states(&sidecar);
+    if version.socket_from_device_record() {
+        until(
+            Duration::from_secs(20),
+            "the not-controllable state",
+            || is_not_controllable(&sidecar.state.borrow()),
+        )
+        .await;
+        match &*sidecar.state.borrow() {
+            JellyfinState::NotControllable {
+                problem, remedy, ..
+            } => {
+                assert!(problem.contains("ForceKeepAlive"), "{problem}");
+                assert!(remedy.contains("Quick Connect"), "{remedy}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let seen = fake.seen.lock().unwrap();
+        assert!(
+            seen.unbound_sockets >= 1,
+            "the server bound the socket nowhere"
+        );
+        assert!(seen.sessions.values().all(|r| !r.cast_target()));
+    } else {
+        until(Duration::from_secs(10), "connected", || {
+            is_connected(&sidecar.state.borrow())
+        })
+        .await;
+        let session = fake.only_session();
+        assert_eq!(
+            session.client, "provisioning",
+            "an API key names the client"
+        );
+        assert!(session.cast_target());
+    }
+    let states = states.lock().unwrap().clone();
+    println!("{}: states {states:?}", version.name());
+    if version.socket_from_device_record() {
+        assert!(
+            !states.iter().any(is_connected),
+            "never Connected: {states:?}"
+        );
+    }
+    sidecar.stop().await;
+}
+
+/// A user token minted by another app (here "Jellyfin Web") on 10.9/10.10: the socket joins that
+/// app's session, which gets ForceKeepAlive but not our capabilities, so the speaker is no cast
+/// target: the server's session list shows it, and the speaker says so.
+async fn a_token_minted_by_another_app_is_not_controllable_before_10_11(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_user_token(
+        "webtok",
+        support::fake_jellyfin::ADMIN_ID,
+        "Jellyfin Web",
+        None,
+    );
+    let sidecar = start(&fake.url(), Some("webtok"), |_| {});
+    if version.socket_from_device_record() {
+        until(
+            Duration::from_secs(20),
+            "the not-controllable state",
+            || is_not_controllable(&sidecar.state.borrow()),
+        )
+        .await;
+        assert!(fake
+            .seen
+            .lock()
+            .unwrap()
+            .sessions
+            .values()
+            .all(|r| !r.cast_target()));
+    } else {
+        until(Duration::from_secs(10), "connected", || {
+            is_connected(&sidecar.state.borrow()) && connected(&fake)
+        })
+        .await;
+    }
+    sidecar.stop().await;
+}
+
+fn token_file(sidecar: &Sidecar) -> String {
+    std::fs::read_to_string(sidecar.dir.join("jellyfin_token")).unwrap_or_default()
+}
+
+fn set_aside(sidecar: &Sidecar) -> bool {
+    std::fs::read_dir(&sidecar.dir).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("jellyfin_token.corrupt-")
+    })
+}
+
+/// The fresh token is in the file before the old one is signed out: on the 401 the sidecar uses
+/// the file's token instead of setting it aside.
+async fn a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside(
+    version: ServerVersion,
+) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("old");
+    let sidecar = start(&fake.url(), Some("old"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let states = record_states(&sidecar);
+    let device_id = std::fs::read_to_string(sidecar.dir.join("jellyfin_device_id")).unwrap();
+    fake.add_user_token(
+        "new",
+        support::fake_jellyfin::ADMIN_ID,
+        "pispeaker",
+        Some(device_id.trim()),
+    );
+    std::fs::write(sidecar.dir.join("jellyfin_token"), "new").unwrap();
+    fake.logout("old");
+    until(
+        Duration::from_secs(10),
+        "connected with the new token",
+        || connected(&fake) && fake.seen.lock().unwrap().unauthorized >= 1,
+    )
+    .await;
+    assert_eq!(token_file(&sidecar), "new");
+    assert!(!set_aside(&sidecar), "the fresh token was not set aside");
+    let states = states.lock().unwrap().clone();
+    assert!(
+        !states
+            .iter()
+            .any(|s| matches!(s, JellyfinState::Pairing { .. })),
+        "no pairing: {states:?}"
+    );
+    sidecar.stop().await;
+}
+
+/// `pispeaker jellyfin pair` while the daemon runs: approving revokes the daemon's token at once,
+/// the CLI writes the fresh one a poll later. The daemon ends up on the fresh token, whichever
+/// comes first, and nobody has to approve a second code.
+async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
+    version: ServerVersion,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("old");
+    let sidecar = start(&fake.url(), Some("old"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["--config", "/dev/null", "--cache"])
+        .arg(&sidecar.dir)
+        .args(["jellyfin", "pair", "--server", &fake.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
+                return code.trim().to_string();
+            }
+        }
+        panic!("no code printed");
+    })
+    .await
+    .expect("code printed");
+    assert!(fake.approve(&code));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let fresh = token_file(&sidecar);
+    assert_ne!(fresh, "old");
+    until(
+        Duration::from_secs(20),
+        "the daemon on the fresh token",
+        || connected(&fake) && is_connected(&sidecar.state.borrow()),
+    )
+    .await;
+    assert_eq!(
+        token_file(&sidecar),
+        fresh,
+        "the fresh token stays in the file"
+    );
+    {
+        let seen = fake.seen.lock().unwrap();
+        assert!(seen.tokens.contains(&fresh) && !seen.tokens.iter().any(|t| t == "old"));
+    }
+    sidecar.stop().await;
+}
+
+/// A long pause on a server whose 5 minutes are scaled to 6 s: the paused speaker checks in, so
+/// the server's idle check never stops its now-playing (12 server minutes: two idle checks).
+async fn a_long_pause_keeps_now_playing_on_the_server(version: ServerVersion) {
+    let scale = 0.02;
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", scale, version).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |s| {
+        s.progress_every = Duration::from_millis(200);
+        s.paused_check_in = Duration::from_secs_f64(60.0 * scale);
+    });
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let track = TrackInfo {
+        uri: "spotify:track:1".into(),
+        name: "Song".into(),
+        artists: vec!["A".into()],
+        album: "Album".into(),
+        duration_ms: 600_000,
+    };
+    sidecar
+        .events
+        .send(PlaybackEvent::TrackChanged(track))
+        .unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Playing { position_ms: 0 })
+        .unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Paused { position_ms: 1_000 })
+        .unwrap();
+    until(Duration::from_secs(5), "now playing on the server", || {
+        fake.only_session().now_playing.is_some()
+    })
+    .await;
+    let paused_at = Instant::now();
+    // Two idle checks (at 5 and 10 scaled minutes after the first report) and a margin.
+    tokio::time::sleep(Duration::from_secs_f64(720.0 * scale)).await;
+    let session = fake.only_session();
+    println!(
+        "{}: paused for {:.1} s (scaled {:.0} server minutes), {} progress reports, idle stops {}",
+        version.name(),
+        paused_at.elapsed().as_secs_f64(),
+        paused_at.elapsed().as_secs_f64() / scale / 60.0,
+        fake.reports()
+            .iter()
+            .filter(|(p, _)| p.ends_with("Progress"))
+            .count(),
+        session.idle_stops
+    );
+    assert_eq!(
+        session.idle_stops, 0,
+        "the server never stopped the paused playback"
+    );
+    assert_eq!(session.now_playing.as_ref().unwrap()["Name"], "Song");
+    sidecar.stop().await;
+}
+
+/// `Rewind`/`FastForward` while Spotify plays: a seek 10 s back / 30 s forward from where the
+/// track is (the server's default skip lengths).
+async fn rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.add_token("tok");
+    let sidecar = start(&fake.url(), Some("tok"), |_| {});
+    until(Duration::from_secs(5), "connected", || connected(&fake)).await;
+    let track = TrackInfo {
+        uri: "spotify:track:1".into(),
+        name: "Song".into(),
+        artists: vec!["A".into()],
+        album: "Album".into(),
+        duration_ms: 200_000,
+    };
+    sidecar
+        .events
+        .send(PlaybackEvent::TrackChanged(track))
+        .unwrap();
+    sidecar
+        .events
+        .send(PlaybackEvent::Playing {
+            position_ms: 60_000,
+        })
+        .unwrap();
+    // Paused, so the position stands still whatever the machine's pace.
+    sidecar
+        .events
+        .send(PlaybackEvent::Paused {
+            position_ms: 60_000,
+        })
+        .unwrap();
+    // The paused report shows the events went round (the socket task follows the same
+    // broadcast, and the server's command comes later still).
+    until(Duration::from_secs(5), "the paused report", || {
+        fake.reports().iter().any(|(_, b)| b["IsPaused"] == true)
+    })
+    .await;
+    let playstate =
+        |c: &str| format!(r#"{{"MessageType":"Playstate","Data":{{"Command":"{c}"}}}}"#);
+    fake.push(&playstate("Rewind"));
+    until(Duration::from_secs(5), "a seek", || {
+        !sidecar.commands.lock().unwrap().is_empty()
+    })
+    .await;
+    fake.push(&playstate("FastForward"));
+    until(Duration::from_secs(5), "two seeks", || {
+        sidecar.commands.lock().unwrap().len() >= 2
+    })
+    .await;
+    assert_eq!(
+        *sidecar.commands.lock().unwrap(),
+        vec![
+            Command::Seek {
+                position_ms: 50_000
+            },
+            Command::Seek {
+                position_ms: 90_000
+            },
+        ],
+        "from the paused position (the stand-in supervisor sends no Seeked event)"
+    );
+    sidecar.stop().await;
+}
+
+/// Quick Connect switched off on the server: the status page says so and what to do instead.
+async fn quick_connect_disabled_on_the_server_is_explained(version: ServerVersion) {
+    let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
+    fake.seen.lock().unwrap().quick_connect_disabled = true;
+    let sidecar = start(&fake.url(), None, |_| {});
+    until(Duration::from_secs(10), "the explanation", || {
+        matches!(&*sidecar.state.borrow(),
+            JellyfinState::Retrying { last_error } if last_error.contains("Quick Connect is disabled"))
+    })
+    .await;
+    sidecar.stop().await;
+}
+
+every_version!(
+    registration_is_visible_with_the_right_identity_and_capabilities,
+    quick_connect_pairing_shows_the_code_on_the_status_page_and_stores_the_token,
+    ten_server_minutes_of_keep_alive_never_lose_the_session,
+    a_server_restart_gets_exactly_one_session_with_capabilities_again,
+    a_revoked_token_is_set_aside_and_pairing_starts_again,
+    every_remote_command_reaches_the_control_handle,
+    now_playing_reports_are_correct_and_in_order,
+    a_thousand_malformed_or_unknown_messages_change_nothing,
+    pispeaker_jellyfin_pair_pairs_from_a_terminal,
+    an_api_key_token_is_not_controllable_before_10_11_and_says_so,
+    a_token_minted_by_another_app_is_not_controllable_before_10_11,
+    a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside,
+    pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token,
+    a_long_pause_keeps_now_playing_on_the_server,
+    rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths,
+    quick_connect_disabled_on_the_server_is_explained,
+);

@@ -66,6 +66,8 @@ pub struct Api {
     base: Url,
     pub identity: Identity,
     token: Option<String>,
+    /// The token's own user (`GET /Users/Me`); `None` for an API key or before it is known.
+    user_id: Option<String>,
     cast: bool,
 }
 
@@ -93,6 +95,7 @@ impl Api {
             base,
             identity,
             token: None,
+            user_id: None,
             cast: false,
         })
     }
@@ -153,11 +156,58 @@ impl Api {
     }
 
     pub fn set_token(&mut self, token: Option<String>) {
+        if token != self.token {
+            self.user_id = None;
+        }
         self.token = token;
     }
 
     pub fn has_token(&self) -> bool {
         self.token.is_some()
+    }
+
+    /// The token in use (to tell a rejected token from a fresh one in the token file).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The user the token belongs to: the `UserId` for streams. The server answers 403 when a
+    /// stream names another user and the token's user is not an administrator, which is every
+    /// cast by someone else in a home where a child's or a guest's account paired the speaker.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user_id.as_deref()
+    }
+
+    pub fn set_user_id(&mut self, user_id: Option<String>) {
+        self.user_id = user_id;
+    }
+
+    /// `GET /Users/Me`: the token's own user, `None` for a token without one (an API key, which
+    /// the server answers with 400).
+    pub async fn current_user(&self) -> Result<Option<String>, ApiError> {
+        match self.json(self.http.get(self.url("Users/Me")?)).await {
+            Ok(v) => Ok(v["Id"].as_str().map(str::to_string)),
+            Err(ApiError::Status(400)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether one of the server's sessions for our DeviceId can be remote-controlled
+    /// (`GET /Sessions?DeviceId=…`, `SupportsRemoteControl`): false when the server bound our
+    /// socket to no session of ours, or to another app's session (a token minted elsewhere).
+    pub async fn session_controllable(&self) -> Result<bool, ApiError> {
+        let mut url = self.url("Sessions")?;
+        url.query_pairs_mut()
+            .append_pair("DeviceId", &self.identity.device_id);
+        let v = self.json(self.http.get(url)).await?;
+        Ok(v.as_array().is_some_and(|sessions| {
+            sessions.iter().any(|s| {
+                s["SupportsRemoteControl"] == true
+                    && s["DeviceId"]
+                        .as_str()
+                        .is_some_and(|d| d.eq_ignore_ascii_case(&self.identity.device_id))
+            })
+        }))
     }
 
     /// `ws(s)://host[/base]/socket`.

@@ -19,9 +19,15 @@ pub enum Inbound {
     Control(Vec<Command>),
     /// Only the cast can do this (`Play`, repeat and shuffle modes).
     Cast(CastCommand),
+    /// `Rewind` / `FastForward`: a seek relative to where playback is now, in ms.
+    SeekBy(i64),
     /// Unknown, malformed, repeated or not for us.
     Ignore,
 }
+
+/// Jellyfin's default skip lengths (see `playstate`).
+pub const SKIP_BACK_MS: i64 = 10_000;
+pub const SKIP_FORWARD_MS: i64 = 30_000;
 
 /// Remembers recent MessageIds so a repeated message is acted on once.
 #[derive(Debug, Default)]
@@ -149,6 +155,12 @@ fn playstate(data: &Value) -> Inbound {
         Some("Stop") => Command::Stop,
         Some("NextTrack") => Command::Next,
         Some("PreviousTrack") => Command::Previous,
+        // The server sends these without an amount (PlaystateRequest: Command, SeekPositionTicks,
+        // ControllingUserId); its clients skip by the user's display preferences, whose defaults
+        // are 10 s back and 30 s forward (Jellyfin.Data/Entities/DisplayPreferences.cs v10.10.7
+        // L27-28: SkipForwardLength = 30000, SkipBackwardLength = 10000; same in all three).
+        Some("Rewind") => return Inbound::SeekBy(-SKIP_BACK_MS),
+        Some("FastForward") => return Inbound::SeekBy(SKIP_FORWARD_MS),
         Some("Seek") => {
             let ticks = data
                 .get("SeekPositionTicks")
@@ -253,6 +265,13 @@ mod tests {
             &mut MuteMemory::default(),
             30000,
         )
+    }
+
+    #[test]
+    fn rewind_and_fast_forward_skip_by_the_servers_defaults() {
+        let m = |c: &str| format!(r#"{{"MessageType":"Playstate","Data":{{"Command":"{c}"}}}}"#);
+        assert_eq!(p(&m("Rewind")), Inbound::SeekBy(-10_000));
+        assert_eq!(p(&m("FastForward")), Inbound::SeekBy(30_000));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod api;
 pub mod cast;
 mod identity;
 mod messages;
+mod play_clock;
 mod reporter;
 mod socket;
 
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 pub use api::{Api, ApiError, CAST_COMMANDS, SUPPORTED_COMMANDS};
 pub use identity::{Identity, JellyfinFiles, CLIENT};
 pub use messages::{percent_to_volume, volume_to_percent};
-pub use socket::Liveness;
+pub use socket::{Binding, Liveness};
 
 use crate::config::Config;
 use crate::connect::backoff::Backoff;
@@ -43,10 +44,24 @@ pub enum JellyfinState {
     Connected {
         server: String,
     },
+    /// Signed in and reporting what plays, but the server placed the socket in no session of
+    /// ours, so nothing can control or cast to the speaker (an API key on Jellyfin 10.9/10.10,
+    /// or a token another app minted). Never shown as connected.
+    NotControllable {
+        server: String,
+        problem: String,
+        remedy: String,
+    },
     Retrying {
         last_error: String,
     },
 }
+
+/// How often a paused playback checks in: well inside the server's 5 minutes.
+pub const PAUSED_CHECK_IN: Duration = Duration::from_secs(60);
+
+/// What to do about a socket the server bound to no session of ours.
+const NOT_CONTROLLABLE_REMEDY: &str = "pair the speaker with Quick Connect instead of a provisioned token: remove the token file (or [jellyfin] token-file) and approve the code shown here, or run `pispeaker jellyfin pair`; an admin API key works as a token only on Jellyfin 10.11 and later";
 
 /// Everything the sidecar needs, with the timings explicit (tests shorten them).
 #[derive(Debug, Clone)]
@@ -61,6 +76,9 @@ pub struct JellyfinSettings {
     pub backoff_max: Duration,
     pub quick_connect_poll: Duration,
     pub progress_every: Duration,
+    /// While paused, a progress report this often: the server stops a playback that has not
+    /// checked in for 5 minutes (SessionManager `CheckForIdlePlayback`).
+    pub paused_check_in: Duration,
     /// The cast target (playing the library), when the daemon has an audio device for it.
     pub cast: Option<cast::CastSettings>,
 }
@@ -77,11 +95,13 @@ impl JellyfinSettings {
                 ping_every: Duration::from_secs(15),
                 dead_after: Duration::from_secs(45),
                 capabilities_every: Duration::from_secs(60),
+                bound_within: Duration::from_secs(10),
             },
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             quick_connect_poll: Duration::from_secs(5),
             progress_every: Duration::from_secs(10),
+            paused_check_in: PAUSED_CHECK_IN,
             cast: None,
         }
     }
@@ -173,7 +193,7 @@ pub async fn run_with(
         control.subscribe_events(),
         control.watch_status(),
         api_rx,
-        settings.progress_every,
+        (settings.progress_every, settings.paused_check_in),
         shutdown.clone(),
         (report_tx, report_rx),
         cast.as_ref().map(cast::CastHandle::watch_active),
@@ -186,7 +206,7 @@ pub async fn run_with(
         }
         if !api.has_token() {
             api_tx.send_replace(None);
-            match pair(&api, &settings, &state, &mut shutdown).await {
+            match pair(&api, &settings, &state, &mut shutdown, Some(&files)).await {
                 Some(token) => {
                     if let Err(e) = files.store_token(&token) {
                         warn!("cannot store the Jellyfin token: {e}; pairing will be needed again after a restart");
@@ -200,20 +220,40 @@ pub async fn run_with(
         api_tx.send_replace(Some(api.clone()));
         let error = match api.post_capabilities().await {
             Err(ApiError::Unauthorized) => {
-                files.reject_token();
-                api.set_token(None);
+                on_unauthorized(&files, &mut api);
                 continue;
             }
             Err(e) => e.to_string(),
             Ok(()) => {
+                if api.user_id().is_none() {
+                    // Streams go out as the token's own user (see `Api::user_id`).
+                    match api.current_user().await {
+                        Ok(user) => {
+                            api.set_user_id(user);
+                            api_tx.send_replace(Some(api.clone()));
+                        }
+                        Err(e) => log::debug!("GET /Users/Me: {e}"),
+                    }
+                }
                 let up_since = Instant::now();
                 let on_connected = async {
                     // Capabilities live only in server memory: again after every (re)connect.
-                    api.post_capabilities().await.map_err(|e| e.to_string())?;
-                    state.send_replace(JellyfinState::Connected {
-                        server: settings.server.clone(),
-                    });
-                    Ok(())
+                    api.post_capabilities().await.map_err(|e| e.to_string())
+                };
+                let on_binding = |binding: Binding| match binding {
+                    Binding::Bound => {
+                        state.send_replace(JellyfinState::Connected {
+                            server: settings.server.clone(),
+                        });
+                    }
+                    Binding::NotBound { problem } => {
+                        warn!("Jellyfin cannot control this speaker: {problem}. To fix: {NOT_CONTROLLABLE_REMEDY}");
+                        state.send_replace(JellyfinState::NotControllable {
+                            server: settings.server.clone(),
+                            problem,
+                            remedy: NOT_CONTROLLABLE_REMEDY.into(),
+                        });
+                    }
                 };
                 let end = socket::serve(
                     &api,
@@ -222,6 +262,7 @@ pub async fn run_with(
                     settings.liveness,
                     &mut shutdown,
                     on_connected,
+                    on_binding,
                 )
                 .await;
                 if up_since.elapsed() >= Duration::from_secs(60) {
@@ -247,13 +288,35 @@ pub async fn run_with(
     let _ = tokio::time::timeout(Duration::from_secs(2), reporter).await;
 }
 
+/// The server rejected our token (401). Approving Quick Connect again (`pispeaker jellyfin pair`
+/// while the daemon runs) revokes the older token of that user and device, so the 401 may come
+/// just before or after the fresh token lands in the file: set the file aside only if it still
+/// holds the rejected token, else use what it holds now.
+fn on_unauthorized(files: &JellyfinFiles, api: &mut Api) {
+    let rejected = api.token().map(str::to_string);
+    match files.token() {
+        Some(current) if Some(&current) != rejected.as_ref() => {
+            info!("Jellyfin rejected the old token; using the new one in the token file");
+            api.set_token(Some(current));
+        }
+        _ => {
+            files.reject_token();
+            api.set_token(None);
+        }
+    }
+}
+
 /// Quick Connect until approved (code on the status page and in the log). `None` on shutdown.
+/// With `files` (the daemon), a token that appears in the token file meanwhile (from
+/// `pispeaker jellyfin pair`) ends the pairing too.
 async fn pair(
     api: &Api,
     settings: &JellyfinSettings,
     state: &watch::Sender<JellyfinState>,
     shutdown: &mut watch::Receiver<bool>,
+    files: Option<&JellyfinFiles>,
 ) -> Option<String> {
+    let from_file = || files.and_then(JellyfinFiles::token);
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
     loop {
         let attempt = async {
@@ -268,6 +331,9 @@ async fn pair(
             result = attempt => result,
             _ = shutdown.changed() => return None,
         };
+        if let Some(token) = from_file() {
+            return Some(token);
+        }
         let quick = match quick {
             Ok(q) => q,
             Err(e) => {
@@ -293,6 +359,10 @@ async fn pair(
             tokio::select! {
                 _ = tokio::time::sleep(settings.quick_connect_poll) => {}
                 _ = shutdown.changed() => return None,
+            }
+            if let Some(token) = from_file() {
+                info!("a Jellyfin token appeared in the token file (pispeaker jellyfin pair); using it");
+                return Some(token);
             }
             match api.quick_connect_approved(&quick.secret).await {
                 Ok(true) => match api.authenticate_with_quick_connect(&quick.secret).await {
@@ -355,7 +425,7 @@ pub async fn pair_interactive(config: Config, server: Option<String>) -> ExitCod
             }
         }
     });
-    let token = pair(&api, &settings, &state, &mut shutdown).await;
+    let token = pair(&api, &settings, &state, &mut shutdown, None).await;
     printer.abort();
     match token.map(|t| files.store_token(&t)) {
         Some(Ok(())) => {

@@ -31,6 +31,8 @@ pub struct ReportBuilder {
     position_ms: u32,
     position_at: Option<Instant>,
     volume: u16,
+    /// When the last report for the current playback was built.
+    last_report: Option<Instant>,
 }
 
 impl ReportBuilder {
@@ -96,9 +98,15 @@ impl ReportBuilder {
         out
     }
 
-    /// The periodic progress report while something plays.
-    pub fn tick(&self) -> Option<Report> {
-        (self.started && !self.paused).then(|| self.report("Sessions/Playing/Progress"))
+    /// The periodic progress report while something plays, and while paused one every
+    /// `paused_check_in`: the server stops a playback that has not checked in for 5 minutes
+    /// (SessionManager `CheckForIdlePlayback`), and the dashboard would lose it mid-pause.
+    pub fn tick(&mut self, paused_check_in: Duration) -> Option<Report> {
+        let due = !self.paused
+            || self
+                .last_report
+                .is_none_or(|at| at.elapsed() >= paused_check_in);
+        (self.started && due).then(|| self.report("Sessions/Playing/Progress"))
     }
 
     fn set_position(&mut self, ms: u32) {
@@ -118,7 +126,8 @@ impl ReportBuilder {
         }
     }
 
-    fn report(&self, path: &'static str) -> Report {
+    fn report(&mut self, path: &'static str) -> Report {
+        self.last_report = Some(Instant::now());
         let item = self.track.as_ref().map(|t| {
             json!({
                 "Name": t.name,
@@ -160,7 +169,7 @@ pub async fn run(
     mut events: broadcast::Receiver<PlaybackEvent>,
     status: watch::Receiver<SpeakerStatus>,
     api: watch::Receiver<Option<Api>>,
-    progress_every: Duration,
+    (progress_every, paused_check_in): (Duration, Duration),
     mut shutdown: watch::Receiver<bool>,
     (queue_tx, mut queue_rx): (mpsc::Sender<Report>, mpsc::Receiver<Report>),
     casting: Option<watch::Receiver<bool>>,
@@ -185,7 +194,7 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = tick.tick() => builder.tick().into_iter().collect(),
+            _ = tick.tick() => builder.tick(paused_check_in).into_iter().collect(),
             _ = shutdown.changed() => break,
         };
         // While a Jellyfin cast plays, the session's now-playing is the cast's: Spotify's side
@@ -239,13 +248,16 @@ mod tests {
         assert!(r[0].body.get("ItemId").is_none());
         assert_eq!(r[0].body["VolumeLevel"], 50);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let progress = b.tick().unwrap();
+        let progress = b.tick(Duration::from_secs(60)).unwrap();
         assert_eq!(progress.body["PositionTicks"], 100_000_000u64);
         let r = b.on_event(&PlaybackEvent::Paused {
             position_ms: 10_000,
         });
         assert_eq!(r[0].body["IsPaused"], true);
-        assert!(b.tick().is_none(), "no periodic progress while paused");
+        assert!(
+            b.tick(Duration::from_secs(60)).is_none(),
+            "no periodic progress right after a pause"
+        );
         // Next track: Stopped for the old one, then Playing for the new one, in that order.
         let mut all = b.on_event(&PlaybackEvent::TrackChanged(track("spotify:track:2")));
         all.extend(b.on_event(&PlaybackEvent::Playing { position_ms: 0 }));
@@ -254,5 +266,58 @@ mod tests {
         let r = b.on_event(&PlaybackEvent::Stopped);
         assert_eq!(r[0].path, "Sessions/Playing/Stopped");
         assert!(r[0].body["PositionTicks"].as_u64().is_some());
+    }
+
+    /// The dashboard asks for a now-playing image only for an item with image tags and an id
+    /// to fetch them from (jellyfin-web `getNowPlayingImageUrl`: BackdropImageTags + Id,
+    /// ParentBackdropImageTags + ParentBackdropItemId, ImageTags.Thumb/Primary + Id,
+    /// ParentThumbImageTag + ParentThumbItemId, AlbumPrimaryImageTag + AlbumId). A Spotify track
+    /// has nothing the server can serve, so its Item carries none of them: no image, no 404.
+    #[tokio::test(start_paused = true)]
+    async fn a_spotify_item_offers_no_image_the_server_cannot_serve() {
+        let mut b = ReportBuilder::new(32768);
+        b.on_event(&PlaybackEvent::TrackChanged(track("spotify:track:1")));
+        let r = b.on_event(&PlaybackEvent::Playing { position_ms: 0 });
+        let item = r[0].body["Item"].as_object().unwrap();
+        for key in [
+            "Id",
+            "ImageTags",
+            "BackdropImageTags",
+            "ParentBackdropImageTags",
+            "ParentBackdropItemId",
+            "ParentThumbImageTag",
+            "ParentThumbItemId",
+            "AlbumPrimaryImageTag",
+            "AlbumId",
+        ] {
+            assert!(!item.contains_key(key), "{key} in {item:?}");
+        }
+    }
+
+    /// A six-minute pause: the server stops a playback that has not checked in for 5 minutes,
+    /// so the paused speaker checks in every minute (ticked every 10 s like the daemon).
+    #[tokio::test(start_paused = true)]
+    async fn a_six_minute_pause_checks_in_every_minute() {
+        let mut b = ReportBuilder::new(32768);
+        b.on_event(&PlaybackEvent::TrackChanged(track("spotify:track:1")));
+        b.on_event(&PlaybackEvent::Playing { position_ms: 0 });
+        b.on_event(&PlaybackEvent::Paused { position_ms: 5_000 });
+        let paused_at = Instant::now();
+        let mut check_ins = Vec::new();
+        let mut last = paused_at;
+        let mut longest = Duration::ZERO;
+        while paused_at.elapsed() < Duration::from_secs(360) {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if let Some(r) = b.tick(Duration::from_secs(60)) {
+                assert_eq!(r.body["IsPaused"], true);
+                assert_eq!(r.body["PositionTicks"], 50_000_000u64, "the position stays");
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                check_ins.push(r);
+            }
+        }
+        longest = longest.max(last.elapsed());
+        assert_eq!(check_ins.len(), 6, "one a minute for six minutes");
+        assert!(longest <= Duration::from_secs(60), "{longest:?}");
     }
 }

@@ -15,10 +15,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::api::Api;
-use super::cast::CastHandle;
+use super::api::{Api, ApiError};
+use super::cast::{CastCommand, CastHandle};
 use super::messages::{parse, to_cast, Inbound, MuteMemory, RecentIds};
-use crate::connect::control::ControlHandle;
+use super::play_clock::PlayClock;
+use crate::connect::control::{Command, ControlHandle};
 
 /// How the socket checks that the link is alive.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,18 @@ pub struct Liveness {
     pub dead_after: Duration,
     /// Re-post capabilities this often (keeps the session in the dashboard's 95 s window).
     pub capabilities_every: Duration,
+    /// A server that placed the socket in a session sends `ForceKeepAlive` at once; without one
+    /// this long after connecting, the socket is bound to no session (10.9/10.10 and an API key).
+    pub bound_within: Duration,
+}
+
+/// Whether the server placed our socket in our session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Remote control and casting work.
+    Bound,
+    /// The socket is open but reaches no session of ours: nothing can control the speaker.
+    NotBound { problem: String },
 }
 
 /// Why a socket ended.
@@ -45,6 +58,7 @@ pub async fn serve(
     liveness: Liveness,
     shutdown: &mut watch::Receiver<bool>,
     on_connected: impl std::future::Future<Output = Result<(), String>>,
+    on_binding: impl Fn(Binding),
 ) -> SocketEnd {
     let url = match api.socket_url() {
         Ok(url) => url,
@@ -86,7 +100,24 @@ pub async fn serve(
         liveness.capabilities_every,
     );
     let mut last_inbound = Instant::now();
+    let mut spotify_events = control.subscribe_events();
+    let mut clock = PlayClock::default();
+    let mut events_open = true;
+    // Unbound until the server's first ForceKeepAlive; then `GET /Sessions` confirms that a
+    // session of our DeviceId is remote-controllable (a token minted by another app binds the
+    // socket to that app's session on 10.9/10.10, and still gets ForceKeepAlive).
+    let unbound_deadline = tokio::time::sleep(liveness.bound_within);
+    tokio::pin!(unbound_deadline);
+    let mut forced = false;
+    let mut verify: Option<Instant> = None;
+    let mut binding_known = false;
     loop {
+        let verify_at = async {
+            match verify {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let keepalive_tick = async {
             match keepalive.as_mut() {
                 Some(interval) => interval.tick().await,
@@ -116,6 +147,11 @@ pub async fn serve(
                                 }
                                 let period = Duration::from_secs((seconds / 2).max(1));
                                 keepalive = Some(tokio::time::interval_at(Instant::now() + period, period));
+                                if !forced {
+                                    forced = true;
+                                    // A moment for the server to register the socket's controller.
+                                    verify = Some(Instant::now() + Duration::from_millis(200));
+                                }
                             }
                             Inbound::Control(commands) if casting.is_some() => {
                                 for command in &commands {
@@ -124,6 +160,15 @@ pub async fn serve(
                                     }
                                 }
                             }
+                            Inbound::SeekBy(delta) => match casting {
+                                Some(cast) => cast.send(CastCommand::SeekBy(delta)),
+                                None => {
+                                    let position_ms = clock.target(delta, std::time::Instant::now());
+                                    if let Err(e) = control.send(Command::Seek { position_ms }).await {
+                                        info!("Jellyfin skip not carried out: {e}");
+                                    }
+                                }
+                            },
                             Inbound::Cast(command) => match cast {
                                 Some(cast) => cast.send(command),
                                 None => debug!("no cast player: ignoring {command:?}"),
@@ -157,9 +202,43 @@ pub async fn serve(
                     return SocketEnd::Lost("socket write failed".into());
                 }
             }
+            event = spotify_events.recv(), if events_open => match event {
+                Ok(event) => clock.on_event(&event, std::time::Instant::now()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                // The supervisor is gone (shutdown): nothing more to follow.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => events_open = false,
+            },
             _ = capabilities.tick() => {
-                if let Err(e) = api.post_capabilities().await {
-                    warn!("Jellyfin capabilities refresh failed: {e}");
+                match api.post_capabilities().await {
+                    // Revoked (a new pairing, a user signed the device out): start over.
+                    Err(ApiError::Unauthorized) => return SocketEnd::Lost(ApiError::Unauthorized.to_string()),
+                    Err(e) => warn!("Jellyfin capabilities refresh failed: {e}"),
+                    Ok(()) => {}
+                }
+            }
+            _ = &mut unbound_deadline, if !forced && !binding_known => {
+                binding_known = true;
+                on_binding(Binding::NotBound {
+                    problem: format!(
+                        "the server sent no ForceKeepAlive within {} s: it placed the socket in no session (an API key on Jellyfin 10.9/10.10 has no device record)",
+                        liveness.bound_within.as_secs()
+                    ),
+                });
+            }
+            _ = verify_at => {
+                verify = None;
+                binding_known = true;
+                match api.session_controllable().await {
+                    Ok(false) => on_binding(Binding::NotBound {
+                        problem: "the server lists no remote-controllable session for this speaker: the token belongs to another app's device record, so the socket joined that app's session".into(),
+                    }),
+                    Ok(true) => on_binding(Binding::Bound),
+                    // Cannot tell (a slow server, a 403 for a restricted user): ForceKeepAlive
+                    // came, which is what a bound socket gets.
+                    Err(e) => {
+                        debug!("cannot list the server's sessions: {e}");
+                        on_binding(Binding::Bound);
+                    }
                 }
             }
         }

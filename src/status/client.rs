@@ -82,6 +82,12 @@ pub fn render(status: &Value) -> String {
         },
     );
     line("jellyfin", text(&status["jellyfin"]["state"]));
+    // `not_controllable`: what is wrong and what to do (see JellyfinState::NotControllable).
+    for key in ["problem", "remedy"] {
+        if status["jellyfin"][key].is_string() {
+            line(&format!("jellyfin {key}"), text(&status["jellyfin"][key]));
+        }
+    }
     // The Jellyfin cast, once one has played since the daemon started.
     let cast = &status["jellyfin"]["cast"];
     if cast.is_object() {
@@ -178,6 +184,17 @@ mod tests {
         assert!(text.contains("sessions alive   0\n"), "{text}");
         let text = render(&base());
         assert!(text.contains("spotify          connected\n"), "{text}");
+    }
+
+    #[test]
+    fn a_speaker_nobody_can_control_says_why_and_what_to_do() {
+        let mut status = base();
+        status["jellyfin"] = json!({"state": "not_controllable", "server": "http://jf:8096",
+            "problem": "no ForceKeepAlive", "remedy": "pair with Quick Connect"});
+        let text = render(&status);
+        assert!(text.contains("not_controllable\n"), "{text}");
+        assert!(text.contains("no ForceKeepAlive\n"), "{text}");
+        assert!(text.contains("pair with Quick Connect\n"), "{text}");
     }
 
     #[test]

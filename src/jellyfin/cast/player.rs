@@ -44,6 +44,9 @@ pub struct CastSettings {
     /// How long to wait for Spotify's sink to let go after asking it to pause.
     pub handover_wait: Duration,
     pub progress_every: Duration,
+    /// While paused, a progress report this often: the server stops a playback that has not
+    /// checked in for 5 minutes (see `jellyfin::PAUSED_CHECK_IN`).
+    pub paused_check_in: Duration,
     /// Where the player publishes what the status page shows (the daemon hands a clone of the
     /// same cell to the status server).
     pub status: CastStatusCell,
@@ -80,7 +83,11 @@ pub enum CastCommand {
     Stop,
     Next,
     Previous,
-    Seek { position_ms: u64 },
+    Seek {
+        position_ms: u64,
+    },
+    /// `Rewind`/`FastForward`: relative to the heard position, kept inside the item.
+    SeekBy(i64),
     SetVolume(u16),
     VolumeUp,
     VolumeDown,
@@ -178,6 +185,8 @@ pub fn spawn(
         media_source_id: None,
         user: None,
         last_failed: None,
+        last_progress: Mutex::new(None),
+        queue_on_server: false,
     };
     tokio::spawn(player.run(rx, audio_events, shutdown));
     handle
@@ -266,10 +275,16 @@ struct Player {
     stats: Arc<Mutex<CastStats>>,
     /// The MediaSourceId of the last `Play` (for its first item only).
     media_source_id: Option<(String, String)>,
-    /// ControllingUserId of the last `Play`: the server streams as that user.
+    /// ControllingUserId of the last `Play`: the stream's `UserId` only when the token has no
+    /// user of its own (an API key, which may act as anyone but finds nothing as no one).
     user: Option<String>,
     /// For the status page: the last item that failed and why.
     last_failed: Option<FailedItem>,
+    /// When the last progress of the current item went out (the paused check-in).
+    last_progress: Mutex<Option<Instant>>,
+    /// A `Playing` with our queue went out and no final `Stopped` since: the server holds our
+    /// queue on the session.
+    queue_on_server: bool,
 }
 
 /// Volume step for VolumeUp/VolumeDown: 1/32 of the range, about what the Spotify app steps.
@@ -297,7 +312,13 @@ impl Player {
                     self.publish();
                 }
                 _ = tick.tick() => {
-                    if self.now.as_ref().is_some_and(|n| n.started && !n.paused) {
+                    let check_in = self.settings.paused_check_in;
+                    let quiet = self
+                        .last_progress
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_none_or(|at| at.elapsed() >= check_in);
+                    if self.now.as_ref().is_some_and(|n| n.started && (!n.paused || quiet)) {
                         self.report_progress();
                     }
                 }
@@ -363,8 +384,9 @@ impl Player {
                 self.set_paused(!paused);
             }
             CastCommand::Next => {
-                self.end_current(false).await;
-                if self.queue.skip().is_some() {
+                let next = self.queue.skip().is_some();
+                self.end_current_as(false, !next).await;
+                if next {
                     self.start_current(0, at).await;
                 } else {
                     self.finish();
@@ -382,6 +404,16 @@ impl Player {
                 }
             }
             CastCommand::Seek { position_ms } => self.seek(position_ms, at).await,
+            CastCommand::SeekBy(delta_ms) => {
+                let Some(now) = &self.now else { return };
+                let heard = self.position.load(Ordering::SeqCst) as i64;
+                let mut to = (heard + delta_ms).max(0) as u64;
+                if let Some(duration) = now.duration {
+                    // Not past the end: a skip forward near the end lands a second before it.
+                    to = to.min((duration.as_millis() as u64).saturating_sub(1_000));
+                }
+                self.seek(to, at).await;
+            }
             CastCommand::SetVolume(v) => self.set_volume(v),
             CastCommand::VolumeUp => {
                 let v = self.settings.mixer.volume().saturating_add(VOLUME_STEP);
@@ -503,6 +535,10 @@ impl Player {
 
     fn report_progress(&self) {
         if let Some(now) = self.now.as_ref().filter(|n| n.started) {
+            *self
+                .last_progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             // Progress may be dropped when Jellyfin is far behind; state changes never are.
             let _ = self
                 .reports
@@ -516,10 +552,20 @@ impl Player {
 
     /// Reports the current item as stopped (if it was reported playing, or `failed`) and forgets it.
     async fn end_current(&mut self, failed: bool) {
+        self.end_current_as(failed, false).await;
+    }
+
+    /// `last`: the cast ends here, so the Stopped carries an empty `NowPlayingQueue` (the server
+    /// keeps the last non-null queue on the session otherwise, and the remote keeps showing it).
+    async fn end_current_as(&mut self, failed: bool, last: bool) {
         if let Some(now) = self.now.take() {
-            if now.started || failed {
-                let report = report::stopped(&self.state(&now), failed);
+            // A cast stopped before its next item's first frame still clears its queue.
+            if now.started || failed || (last && self.queue_on_server) {
+                let report = report::stopped(&self.state(&now), failed, last);
                 self.send_report(report).await;
+                if last {
+                    self.queue_on_server = false;
+                }
             }
         }
     }
@@ -584,9 +630,10 @@ impl Player {
                     return;
                 }
                 Err(why) => {
-                    self.item_failed(&now, &why).await;
+                    let next = self.queue.skip().is_some();
+                    self.item_failed(&now, &why, !next).await;
                     start_ms = 0;
-                    if self.queue.skip().is_none() {
+                    if !next {
                         self.finish();
                         return;
                     }
@@ -595,15 +642,18 @@ impl Player {
         }
     }
 
-    async fn item_failed(&mut self, now: &Now, why: &str) {
+    async fn item_failed(&mut self, now: &Now, why: &str, last: bool) {
         warn!("cast: item {} failed: {why}; skipping it", now.item.id);
         self.stat(|s| s.failed_items.push(now.item.id.clone()));
         self.last_failed = Some(FailedItem {
             item_id: now.item.id.clone(),
             reason: why.to_string(),
         });
-        let report = report::stopped(&self.state(now), true);
+        let report = report::stopped(&self.state(now), true, last);
         self.send_report(report).await;
+        if last {
+            self.queue_on_server = false;
+        }
     }
 
     async fn open_stream(&self, now: &Now, start_ms: u64) -> Result<HttpSource, String> {
@@ -616,7 +666,7 @@ impl Player {
         let url = api
             .universal_audio_url(
                 &now.item.id,
-                self.user.as_deref(),
+                api.user_id().or(self.user.as_deref()),
                 &now.media_source_id,
                 start_ms * 10_000,
             )
@@ -684,7 +734,7 @@ impl Player {
 
     /// Stop: report, forget the queue, close the device at once.
     async fn stop(&mut self, failed: bool) {
-        self.end_current(failed).await;
+        self.end_current_as(failed, true).await;
         self.queue.clear();
         if let Some(audio) = self.audio.take() {
             let _ = audio.send(ToAudio::Close { drain: false });
@@ -716,6 +766,11 @@ impl Player {
                 });
                 if let Some(now) = &self.now {
                     let report = report::playing(report::PLAYING, &self.state(now));
+                    self.queue_on_server = true;
+                    *self
+                        .last_progress
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                     self.send_report(report).await;
                 }
             }
@@ -725,18 +780,20 @@ impl Player {
             FromAudio::Ended { generation } if current == Some(generation) => {
                 let underruns = self.underruns.load(Ordering::SeqCst);
                 self.stat(|s| s.underruns = underruns);
-                self.end_current(false).await;
-                if self.queue.on_track_end().is_some() {
+                let next = self.queue.on_track_end().is_some();
+                self.end_current_as(false, !next).await;
+                if next {
                     self.start_current(0, Instant::now()).await;
                 } else {
                     self.finish();
                 }
             }
             FromAudio::Failed { generation, why } if current == Some(generation) => {
+                let next = self.queue.skip().is_some();
                 if let Some(now) = self.now.take() {
-                    self.item_failed(&now, &why).await;
+                    self.item_failed(&now, &why, !next).await;
                 }
-                if self.queue.skip().is_some() {
+                if next {
                     self.start_current(0, Instant::now()).await;
                 } else {
                     self.finish();
@@ -767,7 +824,7 @@ impl Player {
                 // told it to close (a preemption, a device failure), the cast ends here.
                 let unasked = self.audio.take().is_some();
                 if unasked || preempted || error.is_some() {
-                    self.end_current(error.is_some()).await;
+                    self.end_current_as(error.is_some(), true).await;
                     self.queue.clear();
                     self.active.send_replace(false);
                 }

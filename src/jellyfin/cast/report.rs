@@ -46,7 +46,11 @@ pub fn playing(path: &'static str, s: &CastState<'_>) -> Report {
             "IsMuted": s.volume == 0,
             "VolumeLevel": volume_to_percent(s.volume),
             "CanSeek": s.can_seek,
-            "PlayMethod": if s.transcoding { "Transcode" } else { "DirectPlay" },
+            // The universal endpoint's transcode runs under a PlaySessionId of the server's own
+            // making, which the speaker never learns; `Transcode` with ours is rewritten to
+            // DirectPlay (PlaystateController `ValidatePlayMethod`). DirectStream is what the
+            // server keeps and is the nearest truth: the server converts, the speaker plays.
+            "PlayMethod": if s.transcoding { "DirectStream" } else { "DirectPlay" },
             "RepeatMode": s.repeat.as_str(),
             "PlaybackOrder": s.order.as_str(),
             "NowPlayingQueue": queue,
@@ -54,9 +58,11 @@ pub fn playing(path: &'static str, s: &CastState<'_>) -> Report {
     }
 }
 
-/// `Sessions/Playing/Stopped`; `failed` when the item could not be streamed or decoded.
-pub fn stopped(s: &CastState<'_>, failed: bool) -> Report {
-    Report {
+/// `Sessions/Playing/Stopped`; `failed` when the item could not be streamed or decoded; `last`
+/// when the cast ends with it: an empty `NowPlayingQueue` then clears the session's queue (the
+/// server replaces it only with a non-null one, SessionManager `OnPlaybackStopped`).
+pub fn stopped(s: &CastState<'_>, failed: bool, last: bool) -> Report {
+    let mut report = Report {
         path: STOPPED,
         body: json!({
             "ItemId": s.item.id,
@@ -66,7 +72,11 @@ pub fn stopped(s: &CastState<'_>, failed: bool) -> Report {
             "PositionTicks": s.position_ms * 10_000,
             "Failed": failed,
         }),
+    };
+    if last {
+        report.body["NowPlayingQueue"] = json!([]);
     }
+    report
 }
 
 #[cfg(test)]
@@ -110,9 +120,12 @@ mod tests {
             r.body["NowPlayingQueue"][1]["PlaylistItemId"],
             "playlistItem2"
         );
-        let s = stopped(&state, true);
+        let s = stopped(&state, true, false);
         assert_eq!(s.path, STOPPED);
         assert_eq!(s.body["Failed"], true);
         assert_eq!(s.body["PlaySessionId"], "ps");
+        assert!(s.body.get("NowPlayingQueue").is_none(), "between items");
+        let last = stopped(&state, false, true);
+        assert_eq!(last.body["NowPlayingQueue"], json!([]), "the cast ends");
     }
 }
