@@ -82,7 +82,7 @@ DPKG_OPTS=(
 # ---------------------------------------------------------------------------------------------
 step "host tools"
 need=()
-for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test; do
+for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -168,6 +168,16 @@ rm -f "$ROOT/tmp/customize.sh"
 umount -l "$ROOT/dev" "$ROOT/proc"
 # The user-editable settings file on the FAT partition.
 install -m 0644 image/boot/pispeaker.toml "$ROOT/boot/firmware/pispeaker.toml"
+# The HAT overlays for Debian's kernel (board/overlays/), where the firmware looks for dtoverlay=
+# files, checked against the device trees this image's firmware will load (tests/overlays.sh).
+install -d "$ROOT/boot/firmware/overlays"
+for dts in board/overlays/*.dts; do
+  dtc -q -@ -I dts -O dtb -i board/overlays -o "$ROOT/boot/firmware/overlays/$(basename "$dts" .dts).dtbo" "$dts" \
+    || die "overlay $dts does not compile"
+done
+bash tests/overlays.sh "$ROOT/boot/firmware" >"$WORK/overlays.log" 2>&1 \
+  || { cat "$WORK/overlays.log" >&2; die "the HAT overlays do not apply to this image's device trees (log above)"; }
+tail -n 1 "$WORK/overlays.log"
 # The writable data partition's starting content: the state directories and systemd's.
 mkdir -p "$ROOT/data"
 install -d -m 0700 -o "$(chroot "$ROOT" id -u pispeaker)" -g "$(chroot "$ROOT" id -g pispeaker)" "$ROOT/data/pispeaker"

@@ -15,8 +15,14 @@ use crate::config::Layer;
 pub struct Preset {
     pub name: &'static str,
     pub description: String,
-    /// Lines for `/boot/firmware/config.txt`.
+    /// Lines for `/boot/firmware/config.txt` on Raspberry Pi OS (its kernel and overlays).
     pub config_txt: Vec<String>,
+    /// On the SD image (Debian's kernel, which has none of Raspberry Pi's overlays): our own
+    /// overlay from `board/overlays/`, if the board needs one.
+    pub image_overlay: Option<String>,
+    /// The Pi models (device-tree names) `image_overlay` is checked against
+    /// (`tests/overlays.sh`).
+    pub image_dtbs: Vec<String>,
     /// Speaker settings this board needs.
     pub speaker: Layer,
 }
@@ -26,6 +32,10 @@ pub struct Preset {
 struct PresetFile {
     description: String,
     config_txt: Vec<String>,
+    #[serde(default)]
+    image_overlay: Option<String>,
+    #[serde(default)]
+    image_dtbs: Vec<String>,
     speaker: Layer,
 }
 
@@ -42,6 +52,7 @@ const FILES: &[(&str, &str)] = &[
         "hifiberry-dacplus",
         include_str!("../board/presets/hifiberry-dacplus.toml"),
     ),
+    ("i2s-dac", include_str!("../board/presets/i2s-dac.toml")),
     (
         "iqaudio-dacplus",
         include_str!("../board/presets/iqaudio-dacplus.toml"),
@@ -92,6 +103,8 @@ fn parse(name: &'static str, text: &str) -> Result<Preset, String> {
         name,
         description: file.description,
         config_txt: file.config_txt,
+        image_overlay: file.image_overlay,
+        image_dtbs: file.image_dtbs,
         speaker: file.speaker,
     })
 }
@@ -102,6 +115,8 @@ fn broken(name: &'static str, error: String) -> Preset {
         name,
         description: format!("BROKEN PRESET {}: {error}", origin.display()),
         config_txt: Vec::new(),
+        image_overlay: None,
+        image_dtbs: Vec::new(),
         speaker: Layer::default(),
     }
 }
@@ -133,6 +148,48 @@ mod tests {
         assert!(preset
             .config_txt
             .contains(&"dtoverlay=hifiberry-dacplus".to_string()));
+    }
+
+    #[test]
+    fn every_image_overlay_exists_and_names_its_boards() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/overlays");
+        let mut with_overlay = 0;
+        for preset in presets() {
+            let Some(overlay) = &preset.image_overlay else {
+                continue;
+            };
+            with_overlay += 1;
+            assert!(
+                dir.join(format!("{overlay}.dts")).is_file(),
+                "{}: no board/overlays/{overlay}.dts",
+                preset.name
+            );
+            assert!(
+                !preset.image_dtbs.is_empty(),
+                "{} lists no boards",
+                preset.name
+            );
+            // The same sound card on both systems: the overlay's card name gives the ALSA id the
+            // preset's PCM names.
+            let dts = std::fs::read_to_string(dir.join(format!("{overlay}.dts"))).unwrap();
+            let name = dts
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("simple-audio-card,name = \""))
+                .and_then(|rest| rest.strip_suffix("\";"))
+                .unwrap_or_else(|| panic!("{overlay} names no card"));
+            let id: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(15)
+                .collect();
+            let device = preset.speaker.device.clone().unwrap();
+            assert!(
+                device.contains(&format!("CARD={id},")),
+                "{}: PCM {device} but the overlay's card id is {id}",
+                preset.name
+            );
+        }
+        assert_eq!(with_overlay, 4, "the four HAT presets");
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub fn main() -> ExitCode {
                 for line in &preset.config_txt {
                     println!("    {line}");
                 }
+                if let Some(overlay) = &preset.image_overlay {
+                    println!("    (SD image: dtoverlay={overlay}, from board/overlays/)");
+                }
             }
             ExitCode::SUCCESS
         }

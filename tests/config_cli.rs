@@ -269,4 +269,9 @@ fn boards_lists_presets_with_config_txt_lines() {
     let text = stdout(&out);
     assert!(text.contains("hifiberry-dacplus:"), "{text}");
     assert!(text.contains("dtoverlay=hifiberry-dacplus"), "{text}");
+    assert!(text.contains("i2s-dac:"), "{text}");
+    assert!(
+        text.contains("(SD image: dtoverlay=pispeaker-hifiberry-dacplus"),
+        "{text}"
+    );
 }
