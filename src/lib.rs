@@ -11,6 +11,8 @@ pub mod connect;
 pub mod daemon;
 pub mod jellyfin;
 pub mod logging;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod systemd;
+pub mod web;

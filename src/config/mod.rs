@@ -168,6 +168,7 @@ mod state_dir;
 
 pub use args::ConfigArgs;
 pub use layer::Layer;
+pub(crate) use load::parse_layer;
 pub use load::{load, ConfigError};
 pub use state_dir::{check_state_dir, StateDirError};
 

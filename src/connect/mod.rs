@@ -9,7 +9,7 @@ pub mod discovery;
 pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
-mod fake_backend;
+pub(crate) mod fake_backend;
 pub mod librespot_backend;
 pub mod session;
 pub mod supervisor;
