@@ -10,6 +10,7 @@ pub mod config;
 pub mod connect;
 pub mod daemon;
 pub mod jellyfin;
+pub mod live_settings;
 pub mod logging;
 pub mod source;
 pub mod state;

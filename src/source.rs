@@ -208,6 +208,9 @@ pub struct Sources {
     pub cast: Option<Arc<dyn Source>>,
     /// The one mixer: the volume when no source has a session to carry it.
     pub mixer: Option<Arc<dyn Mixer>>,
+    /// Woken when a command changed the mixer directly (no source published it): the event
+    /// bridge reads the volume then instead of at the supervisor's next idle tick.
+    pub mixer_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Sources {
@@ -228,6 +231,7 @@ impl Sources {
         match (active.command(command).await, command, &self.mixer) {
             (Err(SourceError::Spotify(_)), SourceCommand::SetVolume(v), Some(mixer)) => {
                 mixer.set_volume(v);
+                self.mixer_changed.notify_one();
                 Ok(kind)
             }
             (result, _, _) => result.map(|()| kind),
@@ -268,6 +272,7 @@ mod tests {
             spotify: source,
             cast: None,
             mixer: None,
+            mixer_changed: Default::default(),
         };
         assert_eq!(
             sources
@@ -330,6 +335,7 @@ mod tests {
             spotify: source,
             cast: Some(Arc::new(cast)),
             mixer: None,
+            mixer_changed: Default::default(),
         };
         assert_eq!(sources.active().kind(), SourceKind::Spotify);
     }

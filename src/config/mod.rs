@@ -82,6 +82,9 @@ pub struct StatusConfig {
     pub listen: String,
     /// The SD image's boot-config report (`pispeaker boot-config`), shown on the page.
     pub boot_config_report: Option<PathBuf>,
+    /// The web app on the same server: settings, control and the event stream (writes need the
+    /// password). Off leaves the read-only page.
+    pub web: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -135,6 +138,7 @@ impl Default for StatusConfig {
             enabled: true,
             listen: "0.0.0.0:7070".into(),
             boot_config_report: None,
+            web: true,
         }
     }
 }

@@ -4,6 +4,10 @@
 //! The status server calls [`WebApp::handle`] for every request that passed its LAN check; what
 //! is not ours (`/status.json`, the old text page at `/status`) it answers itself.
 
+// An early answer (401, 400 naming the field) is the `Err` of the helpers below: a response built
+// once per request, not a hot path, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;

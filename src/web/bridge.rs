@@ -83,6 +83,16 @@ pub async fn run(
     let mut events = control.subscribe_events();
     let mut status = control.watch_status();
     let mut last_status = status.borrow_and_update().clone();
+    let mut last_volume = last_status.volume;
+    let volume_event = |hub: &EventHub, last: &mut u16, volume: u16| {
+        if volume != *last {
+            *last = volume;
+            hub.publish(
+                "volume",
+                json!({"volume": volume, "percent": percent(volume)}),
+            );
+        }
+    };
     jellyfin.borrow_and_update();
     let mut active = sources.active().kind();
     let mut cast_seen: Option<(PlayState, Option<String>)> = None;
@@ -101,7 +111,7 @@ pub async fn run(
                 }
                 let now = status.borrow_and_update().clone();
                 if now.volume != last_status.volume {
-                    hub.publish("volume", json!({"volume": now.volume, "percent": percent(now.volume)}));
+                    volume_event(&hub, &mut last_volume, now.volume);
                 }
                 connection_events(&hub, &last_status, &now);
                 last_status = now;
@@ -114,6 +124,11 @@ pub async fn run(
                 }
                 let state = jellyfin.borrow_and_update().clone();
                 hub.publish("jellyfin", json!(state));
+            },
+            _ = sources.mixer_changed.notified() => {
+                if let Some(mixer) = &sources.mixer {
+                    volume_event(&hub, &mut last_volume, mixer.volume());
+                }
             },
             _ = tick.tick() => {
                 let now_active = sources.active().kind();

@@ -75,6 +75,7 @@ fn speaker(cast: Option<Arc<dyn Source>>) -> Speaker {
         spotify: SpotifySource { control: handle },
         cast,
         mixer: Some(mixer),
+        mixer_changed: Default::default(),
     };
     let hub = EventHub::new();
     let (jellyfin_tx, jellyfin_rx) = watch::channel(JellyfinState::Disabled);
