@@ -235,13 +235,20 @@ impl WebApp {
 
     fn now(&self) -> Response<Body> {
         let status = self.sources.spotify.control.status();
+        // The mixer is the truth; the status follows it at the supervisor's next tick when no
+        // session carries the volume.
+        let volume = self
+            .sources
+            .mixer
+            .as_ref()
+            .map_or(status.volume, |m| m.volume());
         json_response(
             StatusCode::OK,
             json!({
                 "name": self.config.borrow().name,
                 "active": self.sources.active().now_playing(),
-                "volume": status.volume,
-                "percent": percent(status.volume),
+                "volume": volume,
+                "percent": percent(volume),
                 "spotify": status.spotify,
                 "jellyfin": *self.jellyfin.borrow(),
                 "last_event_id": self.hub.last_id(),

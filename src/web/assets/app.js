@@ -4,6 +4,8 @@
 const $ = (id) => document.getElementById(id);
 let csrf = null;
 let playing = false;
+// True while the form has edits not yet saved: a `settings` event must not overwrite them.
+let dirty = false;
 
 async function api(method, path, body) {
   const headers = {};
@@ -74,7 +76,7 @@ async function session() {
 }
 
 async function loadSettings() {
-  if (!csrf) return;
+  if (!csrf || dirty) return;
   const s = await api("GET", "/api/settings");
   const board = $("s-board");
   board.innerHTML = "<option value=''>(none)</option>";
@@ -98,6 +100,8 @@ $("login-btn").onclick = async () => {
   catch (e) { message("auth-msg", e.message); }
 };
 $("logout-btn").onclick = async () => { await api("POST", "/api/logout", {}); csrf = null; await session(); };
+$("settings-form").oninput = () => { dirty = true; };
+$("settings-form").onchange = () => { dirty = true; };
 $("settings-form").onsubmit = async (ev) => {
   ev.preventDefault();
   const body = {};
@@ -107,6 +111,7 @@ $("settings-form").onsubmit = async (ev) => {
   }
   try {
     const r = await api("POST", "/api/settings", body);
+    dirty = false;
     message("settings-msg", "Saved." + (r.restart_needed.length ? " " + r.restart_needed.join(", ") + " apply at the next restart." : ""), true);
   } catch (e) { message("settings-msg", e.message); }
 };
