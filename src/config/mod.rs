@@ -136,7 +136,8 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: "0.0.0.0:7070".into(),
+            // Both IPv4 and IPv6 (v4-mapped): phones on the same Wi-Fi often come over IPv6.
+            listen: "[::]:7070".into(),
             boot_config_report: None,
             web: true,
         }

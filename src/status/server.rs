@@ -31,9 +31,20 @@ pub async fn bind(listen: &str) -> Result<TcpListener, String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| format!("status listen address {listen:?} is not address:port"))?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e} (change [status] listen)"))
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        // `[::]` (the default: phones on the LAN often use IPv6) on a kernel without IPv6.
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            debug!("cannot listen on {addr} ({e}); using {v4}");
+            TcpListener::bind(v4)
+                .await
+                .map_err(|e| format!("cannot listen on {v4}: {e} (change [status] listen)"))
+        }
+        Err(e) => Err(format!(
+            "cannot listen on {addr}: {e} (change [status] listen)"
+        )),
+    }
 }
 
 /// Serves until `shutdown` turns true.
@@ -267,6 +278,35 @@ mod tests {
 
     /// A peer the LAN check (`web::lan`, tested there) accepted.
     const LAN: bool = true;
+
+    /// The default `[::]` listener takes IPv4 clients too, and their v4-mapped address passes
+    /// the LAN check as the IPv4 address it is.
+    #[tokio::test]
+    async fn the_dual_stack_default_serves_ipv4_clients() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("[::]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (control, _endpoint) = crate::connect::control::channel(status());
+        let (_jf, jellyfin) = watch::channel(JellyfinState::Disabled);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, control, jellyfin, shutdown));
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_string(&mut response),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
 
     #[test]
     fn json_has_what_the_page_promises() {
