@@ -303,6 +303,7 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
     assert!(text.starts_with("# my speaker\n"), "{text}");
     assert!(text.contains("name = \"Kitchen\""), "{text}");
     assert_eq!(c.get("/api/now").await["name"], "Kitchen");
+    assert_eq!(c.get("/status.json").await["name"], "Kitchen");
     assert_eq!(
         c.get("/api/settings").await["values"]["volume_ctrl"],
         "cubic"

@@ -127,11 +127,16 @@ pub async fn serve_with_web(
                         _ => request,
                     };
                     let cast = cast.as_ref().and_then(CastStatusCell::snapshot);
+                    let mut status = control.status();
+                    if let Some(web) = &web {
+                        // Renamed from the web app: the supervisor keeps the start-up name.
+                        status.name = web.config.borrow().name.clone();
+                    }
                     let response = route(
                         request.method(),
                         request.uri().path(),
                         local,
-                        &control.status(),
+                        &status,
                         &jellyfin.borrow(),
                         cast.as_ref(),
                         boot_config.as_ref().as_ref(),
