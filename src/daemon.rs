@@ -313,7 +313,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
 }
 
 /// The web app: auth (adopting the image's boot-partition password), the event bridge, the
-/// settings file.
+/// settings file (in the state directory).
 fn start_web(
     config: &Config,
     args: &ConfigArgs,
@@ -344,7 +344,11 @@ fn start_web(
         auth,
         hub,
         sources,
-        settings: Arc::new(web::settings::SettingsFile::from_args(args, on_image)),
+        settings: Arc::new(web::settings::SettingsFile::from_args(
+            args,
+            &config.cache,
+            on_image,
+        )),
         config: Arc::new(config_tx),
         reload: Arc::new(move || config::load(&reload_args).map_err(|e| e.to_string())),
         jellyfin: jellyfin.clone(),

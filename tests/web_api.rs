@@ -1,6 +1,6 @@
 //! The web API on the built daemon, over real HTTP on loopback: who may write (401 / 403 / 400
-//! naming the field, nothing changed), the login rate limit, settings written into the config
-//! file and applied at once, and the event stream (latency, resuming with `Last-Event-ID`).
+//! naming the field, nothing changed), the login rate limit, settings written into the state
+//! directory and applied at once, and the event stream (latency, resuming with `Last-Event-ID`).
 //!
 //! No Spotify account here: discovery is off, so the volume goes to the mixer (the speaker's
 //! volume with no session) and shows up as a `volume` event, which is what a client sees.
@@ -265,7 +265,10 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
     c.csrf = Some(csrf);
 
     // Bad values: 400 naming the field, and nothing changed.
-    let before = std::fs::read_to_string(&d.config).unwrap();
+    let web_settings = d._dir.path().join("state/web-settings.toml");
+    let saved = || std::fs::read_to_string(&web_settings).ok();
+    let before = saved();
+    let config_before = std::fs::read_to_string(&d.config).unwrap();
     let (code, body) = c
         .post(
             "/api/settings",
@@ -287,7 +290,7 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
     assert_eq!((code, body["field"].as_str()), (400, Some("percent")));
     let (code, body) = c.post("/api/seek", json!({})).await;
     assert_eq!((code, body["field"].as_str()), (400, Some("position_ms")));
-    assert_eq!(std::fs::read_to_string(&d.config).unwrap(), before);
+    assert_eq!(saved(), before);
     assert_eq!(c.get("/api/now").await["name"], "Web Test");
 
     // A good change: written (comments kept), applied at once.
@@ -299,9 +302,22 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["restart_needed"], json!(["volume_ctrl"]));
-    let text = std::fs::read_to_string(&d.config).unwrap();
-    assert!(text.starts_with("# my speaker\n"), "{text}");
+    // Into the state directory; the administrator's config file is left alone.
+    let text = saved().unwrap();
     assert!(text.contains("name = \"Kitchen\""), "{text}");
+    assert_eq!(std::fs::read_to_string(&d.config).unwrap(), config_before);
+    // The next start uses it; a flag or the environment still wins.
+    let effective = |env: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"));
+        command.arg("--config").arg(&d.config).arg("config");
+        command.env_remove("PISPEAKER_NAME");
+        if let Some(name) = env {
+            command.env("PISPEAKER_NAME", name);
+        }
+        String::from_utf8(command.output().unwrap().stdout).unwrap()
+    };
+    assert!(effective(None).contains("name = \"Kitchen\""));
+    assert!(effective(Some("From Env")).contains("name = \"From Env\""));
     assert_eq!(c.get("/api/now").await["name"], "Kitchen");
     assert_eq!(c.get("/status.json").await["name"], "Kitchen");
     assert_eq!(

@@ -1,7 +1,8 @@
 //! The speaker's configuration: the data model.
 //!
 //! Keys are kebab-case and spelled like librespot's flags where they overlap, so one name works
-//! in the TOML file, as `--flag` and as `PISPEAKER_FLAG`. Precedence: CLI > env > file > defaults.
+//! in the TOML file, as `--flag` and as `PISPEAKER_FLAG`. Precedence: CLI > env > the web app's
+//! settings (`<cache>/web-settings.toml`) > file > board preset > defaults.
 
 use std::path::PathBuf;
 
@@ -174,7 +175,7 @@ mod state_dir;
 pub use args::ConfigArgs;
 pub use layer::Layer;
 pub(crate) use load::parse_layer;
-pub use load::{load, ConfigError};
+pub use load::{load, ConfigError, WEB_SETTINGS_FILE};
 pub use state_dir::{check_state_dir, StateDirError};
 
 impl Config {

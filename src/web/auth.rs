@@ -181,10 +181,14 @@ impl Auth {
 
     /// The first visit: sets the password when none exists, and opens a session.
     pub fn set_first_password(&self, password: &str) -> Result<(String, String), AuthError> {
-        if self.has_password() {
-            return Err(AuthError::AlreadySet);
+        {
+            // Two first visits at once: only one sets it (the check and the write under one lock).
+            let _only_one = self.lock();
+            if self.has_password() {
+                return Err(AuthError::AlreadySet);
+            }
+            self.store_password(password)?;
         }
-        self.store_password(password)?;
         Ok(self.open_session())
     }
 

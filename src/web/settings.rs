@@ -1,6 +1,10 @@
 //! Settings changed from the browser or a script: validated with the config file's own rules,
 //! written atomically into the file the running system reads, never half-applied.
 //!
+//! That file is `web-settings.toml` in the state directory (the daemon's own, writable under the
+//! hardened unit; the data partition on the image), a config layer between the config file and
+//! the environment (`config::load`). The config file itself stays the administrator's.
+//!
 //! Validation is the config loader's: each changed field is parsed as a one-key TOML layer
 //! (so a bad value gets the same words as in the file), and the whole new file is parsed again
 //! before it is written, so what is on disk always loads. Edits go through `toml_edit`, so the
@@ -80,13 +84,10 @@ pub struct SettingsFile {
 }
 
 impl SettingsFile {
-    /// The file the daemon loaded (`--config`, or the default path) and what overrides it.
+    /// The web settings file in the state directory `cache`, and what overrides it.
     /// `on_image`: the `PISPEAKER_*` variables come from the boot partition's `pispeaker.toml`.
-    pub fn from_args(args: &ConfigArgs, on_image: bool) -> Self {
-        let path = args
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+    pub fn from_args(args: &ConfigArgs, cache: &Path, on_image: bool) -> Self {
+        let path = cache.join(crate::config::WEB_SETTINGS_FILE);
         let given: [(&str, bool); 5] = [
             ("name", args.name.is_some()),
             ("board", args.board.is_some()),
