@@ -353,6 +353,7 @@ fn start_web(
         reload: Arc::new(move || config::load(&reload_args).map_err(|e| e.to_string())),
         jellyfin: jellyfin.clone(),
         keep_alive: Duration::from_secs(15),
+        streams: Default::default(),
     }
 }
 

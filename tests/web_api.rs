@@ -417,6 +417,28 @@ async fn events_arrive_live_and_a_returning_client_misses_nothing() {
         missed,
         vec![(first_id + 1, 30), (first_id + 2, 40), (first_id + 3, 50)]
     );
+    // At most 32 streams at once (this one and 31 more); the 33rd is told to come back.
+    let mut more = Vec::new();
+    for _ in 0..31 {
+        more.push(Events::open(&d.base, None).await);
+    }
+    let refused = reqwest::get(format!("{}/api/events", d.base))
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    drop(more);
+    // A closed stream gives its place back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/api/events", d.base))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "places not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // And live again after the replay.
     c.post("/api/volume", json!({"percent": 60})).await;
     let (id, data) = events.next_of("volume").await;

@@ -10,8 +10,11 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -54,6 +57,21 @@ pub struct WebApp {
     pub jellyfin: watch::Receiver<JellyfinState>,
     /// Comment lines on an idle event stream, so the browser notices a dead connection.
     pub keep_alive: Duration,
+    /// Event streams open now (at most [`MAX_STREAMS`]).
+    pub streams: Arc<AtomicUsize>,
+}
+
+/// Open event streams at most: a phone, a tablet, Home Assistant and a few scripts need far
+/// fewer, and each costs a task and a buffer on a small Pi.
+pub const MAX_STREAMS: usize = 32;
+
+/// Holds one of the [`MAX_STREAMS`] places while its stream is alive.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn json_response(code: StatusCode, value: Value) -> Response<Body> {
@@ -262,8 +280,25 @@ impl WebApp {
             .query()
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("last_id=")));
         let last = parse_last_id(header(request.headers(), "last-event-id").or(query_id));
-        let stream = self.hub.sse_stream(last, self.keep_alive);
-        let mut r = Response::new(StreamBody::new(stream).boxed());
+        if self.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
+            self.streams.fetch_sub(1, Ordering::SeqCst);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many open event streams; close one",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
+        let slot = StreamSlot(self.streams.clone());
+        let stream = self
+            .hub
+            .sse_stream(last, self.keep_alive)
+            .map(move |frame| {
+                let _held = &slot;
+                frame
+            });
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
