@@ -188,13 +188,16 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         ..SupervisorSettings::default()
     };
     let watchdog_poll = supervisor_settings.watchdog_period;
+    // The running configuration: the web app changes it, live_settings and the backend follow.
+    let (config_tx, config_rx) = watch::channel(config.clone());
     let backend = LibrespotBackend::new(
         player.clone(),
         mixer.clone(),
         session_config,
         config.name.clone(),
         device_type,
-    );
+    )
+    .with_live_name(config_rx.clone());
     let supervisor = Supervisor::new(
         backend,
         mixer.clone(),
@@ -231,7 +234,6 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         progress_every: Duration::from_secs(10),
         status: cast_status.clone(),
     });
-    let (config_tx, config_rx) = watch::channel(config.clone());
     let web = config.status.enabled && config.status.web;
     let sources = Sources {
         spotify: SpotifySource {
