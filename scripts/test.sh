@@ -22,9 +22,10 @@ fi
 # tests, systemd-analyze for the unit checks, sox (+ its MP3 format) to generate the Jellyfin
 # cast tests' audio, and ffmpeg for what sox cannot encode (AAC in .m4a with its native encoder,
 # Opus with libopus). ffmpeg goes in without its Recommends (a separate apt call): those are
-# desktop and hardware-decoding extras the tests never use, and they make CI slower.
+# desktop and hardware-decoding extras the tests never use, and they make CI slower. chromium
+# (headless) drives the web app in tests/web_browser.rs; fonts-dejavu-core gives it a font.
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

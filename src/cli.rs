@@ -99,7 +99,7 @@ pub fn main() -> ExitCode {
         Err(e) => return config_error(&e),
     };
     match cli.command {
-        None | Some(Command::Run) => daemon::run(config),
+        None | Some(Command::Run) => daemon::run(config, cli.config.clone()),
         Some(Command::Config) => {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS

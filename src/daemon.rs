@@ -20,22 +20,25 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audio::{self, AudioError, MixerSettings, SinkFactory, VolumeMemory, MAX_VOLUME};
-use crate::config::{self, Bitrate, Config, MixerKind};
+use crate::config::{self, Bitrate, Config, ConfigArgs, MixerKind};
 use crate::connect::ap_link::{self, LinkTuning};
 use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::credentials::{self, CredentialStore};
-use crate::connect::discovery::{self, DiscoverySettings};
+
 use crate::connect::librespot_backend::{self, LibrespotBackend};
 use crate::connect::netwatch;
 use crate::connect::supervisor::{Supervisor, SupervisorSettings};
 use crate::connect::volume_gate::StartupGate;
-use crate::{jellyfin, status, systemd};
+use crate::live_settings::{self, DiscoveryParts, JellyfinParts};
+use crate::source::{CastSource, Sources, SpotifySource};
+use crate::{jellyfin, status, systemd, web};
 
 /// Exit status for a problem with the machine (devices, state directory) rather than the config.
 const EXIT_ENVIRONMENT: u8 = 1;
 
-/// Runs the speaker until SIGTERM/SIGINT.
-pub fn run(config: Config) -> ExitCode {
+/// Runs the speaker until SIGTERM/SIGINT. `args` are what the configuration was loaded from:
+/// the web app writes settings into that file and re-reads it the same way.
+pub fn run(config: Config, args: ConfigArgs) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,7 +46,7 @@ pub fn run(config: Config) -> ExitCode {
         .build();
     match runtime {
         Ok(runtime) => {
-            let code = runtime.block_on(run_async(config));
+            let code = runtime.block_on(run_async(config, args));
             // Tasks still winding down (mDNS, a Spirc on a dead link) must not hold up the exit.
             runtime.shutdown_timeout(Duration::from_millis(300));
             code
@@ -113,7 +116,7 @@ fn player_config(config: &Config) -> PlayerConfig {
     }
 }
 
-async fn run_async(config: Config) -> ExitCode {
+async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
     if let Err(e) = config::check_state_dir(&config.cache) {
         error!("{e}");
         return ExitCode::from(config::StateDirError::EXIT_CODE);
@@ -170,27 +173,16 @@ async fn run_async(config: Config) -> ExitCode {
     // New network addresses cut discovery's and the supervisor's retry delays short.
     let addresses = netwatch::spawn(shutdown_rx.clone());
 
-    // Discovery first: READY means the speaker can be found.
+    // Discovery first: READY means the speaker can be found (started below, with the Jellyfin
+    // sidecar, by `live_settings`, which restarts both when the web app changes their settings).
     let (ready_tx, ready_rx) = oneshot::channel();
-    let discovery_task = if config.disable_discovery {
-        drop(credentials_tx);
-        let _ = ready_tx.send(Ok(()));
-        None
-    } else {
-        let settings = DiscoverySettings {
-            device_id,
-            client_id,
-            name: config.name.clone(),
-            device_type,
-            port: config.zeroconf_port,
-        };
-        Some(tokio::spawn(discovery::run(
-            settings,
-            credentials_tx,
-            ready_tx,
-            shutdown_rx.clone(),
-            addresses.clone(),
-        )))
+    let discovery_parts = DiscoveryParts {
+        device_id,
+        client_id,
+        device_type,
+        credentials: credentials_tx,
+        ready: Some(ready_tx),
+        addresses: addresses.clone(),
     };
 
     let supervisor_settings = SupervisorSettings {
@@ -205,13 +197,16 @@ async fn run_async(config: Config) -> ExitCode {
     // Spirc writes its start-up volume late (after login); the supervisor holds this gate while
     // connecting so that write cannot undo a knob turned meanwhile.
     let startup_gate = StartupGate::new(mixer.clone());
+    // The running configuration: the web app changes it, live_settings and the backend follow.
+    let (config_tx, config_rx) = watch::channel(config.clone());
     let backend = LibrespotBackend::new(
         player.clone(),
         startup_gate.clone(),
         session_config,
         config.name.clone(),
         device_type,
-    );
+    )
+    .with_live_name(config_rx.clone());
     let supervisor = Supervisor::new(
         backend,
         mixer.clone(),
@@ -240,25 +235,53 @@ async fn run_async(config: Config) -> ExitCode {
     let (jellyfin_state_tx, jellyfin_state_rx) = watch::channel(jellyfin::JellyfinState::Disabled);
     // The cast player writes it, the status page reads it.
     let cast_status = jellyfin::cast::CastStatusCell::new();
-    if config.jellyfin.enabled {
-        let cast = cast_output.map(|output| jellyfin::cast::CastSettings {
-            output,
-            mixer: mixer.clone(),
-            lock: device_lock.clone(),
-            stream: jellyfin::cast::StreamSettings::default(),
-            handover_wait: Duration::from_secs(3),
-            progress_every: Duration::from_secs(10),
-            paused_check_in: jellyfin::PAUSED_CHECK_IN,
-            status: cast_status.clone(),
-        });
-        tokio::spawn(jellyfin::run(
-            config.clone(),
+    let (cast_handle_tx, cast_handle_rx) = watch::channel(None);
+    let cast = cast_output.map(|output| jellyfin::cast::CastSettings {
+        output,
+        mixer: mixer.clone(),
+        lock: device_lock.clone(),
+        stream: jellyfin::cast::StreamSettings::default(),
+        handover_wait: Duration::from_secs(3),
+        progress_every: Duration::from_secs(10),
+        paused_check_in: jellyfin::PAUSED_CHECK_IN,
+        status: cast_status.clone(),
+    });
+    let web = config.status.enabled && config.status.web;
+    let sources = Sources {
+        spotify: SpotifySource {
+            control: control.clone(),
+        },
+        cast: cast.as_ref().map(|_| {
+            Arc::new(CastSource {
+                handle: cast_handle_rx,
+                status: cast_status.clone(),
+            }) as Arc<dyn crate::source::Source>
+        }),
+        mixer: Some(mixer.clone()),
+        mixer_changed: Default::default(),
+    };
+    // The web app's event bridge subscribes before the sidecar and discovery start.
+    let web_app = web.then(|| {
+        start_web(
+            &config,
+            &args,
+            sources,
+            config_tx,
+            &jellyfin_state_rx,
+            &shutdown_rx,
+        )
+    });
+    let live_task = tokio::spawn(live_settings::run(
+        config_rx,
+        discovery_parts,
+        JellyfinParts {
             cast,
-            control.clone(),
-            jellyfin_state_tx,
-            shutdown_rx.clone(),
-        ));
-    }
+            control: control.clone(),
+            state: jellyfin_state_tx,
+            cast_handle: cast_handle_tx,
+        },
+        shutdown_rx.clone(),
+    ));
     if config.status.enabled {
         match status::bind(&config.status.listen).await {
             Ok(listener) => {
@@ -267,12 +290,13 @@ async fn run_async(config: Config) -> ExitCode {
                     .boot_config_report
                     .as_deref()
                     .and_then(crate::boot_config::read_report);
-                tokio::spawn(status::serve_with_boot_config(
+                tokio::spawn(status::serve_with_web(
                     listener,
                     control.clone(),
                     jellyfin_state_rx,
                     Some(cast_status),
                     boot_config,
+                    web_app,
                     shutdown_rx.clone(),
                 ));
             }
@@ -298,12 +322,55 @@ async fn run_async(config: Config) -> ExitCode {
     // The supervisor lets Spirc pause and say goodbye (at most 2 s), or abandons it and closes
     // its dealer (at most 3 s more).
     let _ = tokio::time::timeout(Duration::from_millis(5500), supervisor_task).await;
-    if let Some(task) = discovery_task {
-        let _ = tokio::time::timeout(Duration::from_millis(300), task).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_millis(700), live_task).await;
     let _ = tokio::time::timeout(Duration::from_millis(200), memory_task).await;
     player.stop();
     code
+}
+
+/// The web app: auth (adopting the image's boot-partition password), the event bridge, the
+/// settings file (in the state directory).
+fn start_web(
+    config: &Config,
+    args: &ConfigArgs,
+    sources: Sources,
+    config_tx: watch::Sender<Config>,
+    jellyfin: &watch::Receiver<jellyfin::JellyfinState>,
+    shutdown: &watch::Receiver<bool>,
+) -> web::WebApp {
+    let auth = web::auth::Auth::new(&config.cache);
+    // The image (it sets the boot-config report) may preset the password on the FAT partition.
+    let on_image = config.status.boot_config_report.is_some();
+    if on_image {
+        let boot_file = std::path::Path::new(crate::boot_config::DEFAULT_SOURCE);
+        if let Err(e) = auth.adopt_boot_password(boot_file) {
+            warn!("{e}");
+        }
+    }
+    let hub = web::events::EventHub::new();
+    tokio::spawn(web::bridge::run(
+        hub.clone(),
+        sources.clone(),
+        jellyfin.clone(),
+        Duration::from_millis(250),
+        shutdown.clone(),
+    ));
+    let reload_args = args.clone();
+    web::WebApp {
+        auth,
+        hub,
+        sources,
+        settings: Arc::new(web::settings::SettingsFile::from_args(
+            args,
+            &config.cache,
+            on_image,
+        )),
+        config: Arc::new(config_tx),
+        reload: Arc::new(move || config::load(&reload_args).map_err(|e| e.to_string())),
+        jellyfin: jellyfin.clone(),
+        keep_alive: Duration::from_secs(15),
+        streams: Default::default(),
+    }
 }
 
 /// A closure that says whether the supervisor is alive (heartbeat fresh within 3 polls).

@@ -99,6 +99,9 @@ pub struct ConfigArgs {
         global = true
     )]
     pub status_boot_config_report: Option<PathBuf>,
+    /// Serve the web app (settings, control, events) with the status page
+    #[arg(long, env = "PISPEAKER_STATUS_WEB", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), global = true)]
+    pub status_web: Option<bool>,
     /// Register the speaker with a Jellyfin server
     #[arg(long, env = "PISPEAKER_JELLYFIN_ENABLED", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), global = true)]
     pub jellyfin_enabled: Option<bool>,
@@ -146,6 +149,7 @@ impl ConfigArgs {
             enabled: self.status_enabled,
             listen: self.status_listen.clone(),
             boot_config_report: self.status_boot_config_report.clone(),
+            web: self.status_web,
         };
         let jellyfin = JellyfinLayer {
             enabled: self.jellyfin_enabled,

@@ -52,6 +52,7 @@ pub struct StatusLayer {
     pub enabled: Option<bool>,
     pub listen: Option<ListenAddr>,
     pub boot_config_report: Option<PathBuf>,
+    pub web: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -113,6 +114,7 @@ impl Layer {
             if let Some(v) = &s.boot_config_report {
                 c.status.boot_config_report = Some(v.clone());
             }
+            set(&mut c.status.web, &s.web);
         }
         if let Some(j) = &self.jellyfin {
             set(&mut c.jellyfin.enabled, &j.enabled);

@@ -8,6 +8,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{args::ConfigArgs, layer::Layer, Config, DEFAULT_CONFIG_PATH};
+
+/// The web app's settings file in the state directory.
+pub const WEB_SETTINGS_FILE: &str = "web-settings.toml";
 use crate::board;
 
 /// A configuration problem; the daemon prints it and exits with [`ConfigError::EXIT_CODE`].
@@ -46,17 +49,52 @@ pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
         }
     };
     let cli = args.to_layer();
+    let cache = cli
+        .cache
+        .clone()
+        .or_else(|| file.cache.clone())
+        .unwrap_or_else(|| PathBuf::from(super::DEFAULT_CACHE_DIR));
+    let web = web_layer(&cache.join(WEB_SETTINGS_FILE));
 
     let mut config = Config::default();
     // Both layers validated the name already; a failure here would be a preset file that does
     // not parse, which the board tests rule out.
-    if let Some(name) = cli.board.as_ref().or(file.board.as_ref()) {
+    if let Some(name) = cli
+        .board
+        .as_ref()
+        .or(web.board.as_ref())
+        .or(file.board.as_ref())
+    {
         let preset = board::find(&name.0).map_err(|e| ConfigError(format!("board: {e}")))?;
         config.apply(&preset.speaker);
     }
     config.apply(&file);
+    config.apply(&web);
     config.apply(&cli);
     Ok(config)
+}
+
+/// The settings made in the web app, in the state directory (the daemon's own, writable, on the
+/// image's data partition), between the config file and the environment. The config file stays
+/// the administrator's (a read-only conffile for the service). A file that does not parse (it is
+/// only ever written whole and validated) is ignored with a warning rather than stop a speaker
+/// whose users have no shell.
+fn web_layer(path: &Path) -> Layer {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(_) => return Layer::default(),
+    };
+    match parse_layer(&text, path) {
+        Ok(mut layer) => {
+            // Where the state directory is cannot come from inside it.
+            layer.cache = None;
+            layer
+        }
+        Err(e) => {
+            log::warn!("ignoring the web app's settings: {e}");
+            Layer::default()
+        }
+    }
 }
 
 /// Parses one TOML layer; errors name the origin, line, column and key.

@@ -1,7 +1,8 @@
 //! The speaker's configuration: the data model.
 //!
 //! Keys are kebab-case and spelled like librespot's flags where they overlap, so one name works
-//! in the TOML file, as `--flag` and as `PISPEAKER_FLAG`. Precedence: CLI > env > file > defaults.
+//! in the TOML file, as `--flag` and as `PISPEAKER_FLAG`. Precedence: CLI > env > the web app's
+//! settings (`<cache>/web-settings.toml`) > file > board preset > defaults.
 
 use std::path::PathBuf;
 
@@ -82,6 +83,9 @@ pub struct StatusConfig {
     pub listen: String,
     /// The SD image's boot-config report (`pispeaker boot-config`), shown on the page.
     pub boot_config_report: Option<PathBuf>,
+    /// The web app on the same server: settings, control and the event stream (writes need the
+    /// password). Off leaves the read-only page.
+    pub web: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -133,8 +137,10 @@ impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: "0.0.0.0:7070".into(),
+            // Both IPv4 and IPv6 (v4-mapped): phones on the same Wi-Fi often come over IPv6.
+            listen: "[::]:7070".into(),
             boot_config_report: None,
+            web: true,
         }
     }
 }
@@ -168,7 +174,8 @@ mod state_dir;
 
 pub use args::ConfigArgs;
 pub use layer::Layer;
-pub use load::{load, ConfigError};
+pub(crate) use load::parse_layer;
+pub use load::{load, ConfigError, WEB_SETTINGS_FILE};
 pub use state_dir::{check_state_dir, StateDirError};
 
 impl Config {

@@ -35,9 +35,21 @@ pub struct LibrespotBackend {
     session_config: SessionConfig,
     name: String,
     device_type: DeviceType,
+    /// The name as renamed from the web app since start (each new Spirc takes it).
+    live_name: Option<tokio::sync::watch::Receiver<crate::config::Config>>,
 }
 
 impl LibrespotBackend {
+    /// Each new session announces the name the running config has now, so a rename from the
+    /// web app reaches the Spotify app at the next (re)connect without a restart.
+    pub fn with_live_name(
+        mut self,
+        config: tokio::sync::watch::Receiver<crate::config::Config>,
+    ) -> Self {
+        self.live_name = Some(config);
+        self
+    }
+
     pub fn new(
         player: Arc<Player>,
         mixer: Arc<dyn Mixer>,
@@ -51,6 +63,7 @@ impl LibrespotBackend {
             session_config,
             name,
             device_type,
+            live_name: None,
         }
     }
 }
@@ -83,8 +96,12 @@ impl ConnectBackend for LibrespotBackend {
             session.set_session_id(id);
         }
         self.player.set_session(session.clone());
+        let name = match &self.live_name {
+            Some(config) => config.borrow().name.clone(),
+            None => self.name.clone(),
+        };
         let config = ConnectConfig {
-            name: self.name.clone(),
+            name,
             device_type: self.device_type,
             initial_volume: request.initial_volume,
             ..ConnectConfig::default()

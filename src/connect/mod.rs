@@ -10,7 +10,7 @@ pub mod drop_progress;
 pub mod drop_rules;
 pub mod drop_test;
 #[cfg(test)]
-mod fake_backend;
+pub(crate) mod fake_backend;
 pub mod heartbeat;
 pub mod librespot_backend;
 pub mod liveness;

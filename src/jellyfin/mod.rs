@@ -113,6 +113,7 @@ pub async fn run(
     cast: Option<cast::CastSettings>,
     control: ControlHandle,
     state: watch::Sender<JellyfinState>,
+    cast_handle: Option<watch::Sender<Option<cast::CastHandle>>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let Some(server) = config.jellyfin.server.clone() else {
@@ -124,13 +125,14 @@ pub async fn run(
         });
         return;
     };
-    run_with(
+    run_publishing_cast(
         JellyfinSettings {
             cast,
             ..JellyfinSettings::from_config(&config, server)
         },
         control,
         state,
+        cast_handle,
         shutdown,
     )
     .await;
@@ -141,6 +143,18 @@ pub async fn run_with(
     settings: JellyfinSettings,
     control: ControlHandle,
     state: watch::Sender<JellyfinState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_publishing_cast(settings, control, state, None, shutdown).await
+}
+
+/// [`run_with`], publishing the cast player's handle (once it runs) for the web app's sources
+/// (`crate::source`), which talk to "the active source" instead of to this sidecar.
+pub async fn run_publishing_cast(
+    settings: JellyfinSettings,
+    control: ControlHandle,
+    state: watch::Sender<JellyfinState>,
+    cast_handle: Option<watch::Sender<Option<cast::CastHandle>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let files = JellyfinFiles::new(&settings.state_dir);
@@ -187,6 +201,9 @@ pub async fn run_with(
             shutdown.clone(),
         )
     });
+    if let (Some(slot), Some(handle)) = (&cast_handle, &cast) {
+        slot.send_replace(Some(handle.clone()));
+    }
     // Play/PlayNext/PlayMediaSource are advertised only when the cast player really runs.
     api.set_cast(cast.is_some());
     let reporter = tokio::spawn(reporter::run(

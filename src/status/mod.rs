@@ -4,4 +4,4 @@ pub(crate) mod client;
 mod server;
 
 pub use client::print_status;
-pub use server::{bind, serve, serve_with_boot_config, status_json};
+pub use server::{bind, serve, serve_with_boot_config, serve_with_web, status_json};

@@ -1,13 +1,14 @@
 //! The status page: a read-only HTTP server for the LAN at `/` (HTML) and `/status.json`.
 //!
 //! It only reads snapshots published by the supervisor and the Jellyfin sidecar, so a slow or
-//! hostile client can never delay playback. Requests from outside the local network (by peer
-//! address) get 403; anything but GET/HEAD gets 405.
+//! hostile client can never delay playback. Requests from outside the local network (a subnet of
+//! one of the speaker's interfaces, `web::lan`) get 403; anything but GET/HEAD gets 405. With the
+//! web app on, `/`, `/app.js` and `/api/*` are its (`web::api`); the text page is `/status`.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -23,15 +24,27 @@ use crate::audio::MAX_VOLUME;
 use crate::connect::control::{ControlHandle, SpeakerStatus};
 use crate::jellyfin::cast::{CastStatus, CastStatusCell};
 use crate::jellyfin::JellyfinState;
+use crate::web::{lan, WebApp};
 
 /// Binds the listen address from the config.
 pub async fn bind(listen: &str) -> Result<TcpListener, String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| format!("status listen address {listen:?} is not address:port"))?;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e} (change [status] listen)"))
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        // `[::]` (the default: phones on the LAN often use IPv6) on a kernel without IPv6.
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            debug!("cannot listen on {addr} ({e}); using {v4}");
+            TcpListener::bind(v4)
+                .await
+                .map_err(|e| format!("cannot listen on {v4}: {e} (change [status] listen)"))
+        }
+        Err(e) => Err(format!(
+            "cannot listen on {addr}: {e} (change [status] listen)"
+        )),
+    }
 }
 
 /// Serves until `shutdown` turns true.
@@ -52,6 +65,28 @@ pub async fn serve_with_boot_config(
     jellyfin: watch::Receiver<JellyfinState>,
     cast: Option<CastStatusCell>,
     boot_config: Option<Value>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_with_web(
+        listener,
+        control,
+        jellyfin,
+        cast,
+        boot_config,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_boot_config`] with the web app (settings, control, events) when `web` is given.
+pub async fn serve_with_web(
+    listener: TcpListener,
+    control: ControlHandle,
+    jellyfin: watch::Receiver<JellyfinState>,
+    cast: Option<CastStatusCell>,
+    boot_config: Option<Value>,
+    web: Option<WebApp>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let boot_config = std::sync::Arc::new(boot_config);
@@ -73,18 +108,41 @@ pub async fn serve_with_boot_config(
         let jellyfin = jellyfin.clone();
         let cast = cast.clone();
         let boot_config = boot_config.clone();
+        let web = web.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let cast = cast.as_ref().and_then(CastStatusCell::snapshot);
-                let response = respond(
-                    &request,
-                    peer.ip(),
-                    &control.status(),
-                    &jellyfin.borrow(),
-                    cast.as_ref(),
-                    boot_config.as_ref().as_ref(),
-                );
-                async move { Ok::<_, Infallible>(response) }
+            // Once per connection: the interfaces are read afresh, but not for every request.
+            let local = lan::is_lan(peer.ip());
+            let service = service_fn(move |request: Request<Incoming>| {
+                let control = control.clone();
+                let jellyfin = jellyfin.clone();
+                let cast = cast.clone();
+                let boot_config = boot_config.clone();
+                let web = web.clone();
+                async move {
+                    let request = match (&web, local) {
+                        (Some(web), true) => match web.handle(request, peer.ip()).await {
+                            Ok(response) => return Ok::<_, Infallible>(response),
+                            Err(request) => request,
+                        },
+                        _ => request,
+                    };
+                    let cast = cast.as_ref().and_then(CastStatusCell::snapshot);
+                    let mut status = control.status();
+                    if let Some(web) = &web {
+                        // Renamed from the web app: the supervisor keeps the start-up name.
+                        status.name = web.config.borrow().name.clone();
+                    }
+                    let response = route(
+                        request.method(),
+                        request.uri().path(),
+                        local,
+                        &status,
+                        &jellyfin.borrow(),
+                        cast.as_ref(),
+                        boot_config.as_ref().as_ref(),
+                    );
+                    Ok(response.map(BodyExt::boxed))
+                }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -97,35 +155,16 @@ pub async fn serve_with_boot_config(
 }
 
 /// The whole page logic, pure so it is tested without sockets.
-pub fn respond(
-    request: &Request<Incoming>,
-    peer: IpAddr,
-    status: &SpeakerStatus,
-    jellyfin: &JellyfinState,
-    cast: Option<&CastStatus>,
-    boot_config: Option<&Value>,
-) -> Response<Full<Bytes>> {
-    route(
-        request.method(),
-        request.uri().path(),
-        peer,
-        status,
-        jellyfin,
-        cast,
-        boot_config,
-    )
-}
-
 fn route(
     method: &Method,
     path: &str,
-    peer: IpAddr,
+    local: bool,
     status: &SpeakerStatus,
     jellyfin: &JellyfinState,
     cast: Option<&CastStatus>,
     boot_config: Option<&Value>,
 ) -> Response<Full<Bytes>> {
-    if !is_local(peer) {
+    if !local {
         return plain(
             StatusCode::FORBIDDEN,
             "the status page is for the local network only\n",
@@ -141,7 +180,7 @@ fn route(
     let json = status_json(status, jellyfin, cast, boot_config);
     let (body, content_type) = match path {
         "/status.json" => (json.to_string(), "application/json"),
-        "/" => (html(&json), "text/html; charset=utf-8"),
+        "/" | "/status" => (html(&json), "text/html; charset=utf-8"),
         _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     let body = if method == Method::HEAD {
@@ -166,20 +205,6 @@ fn plain(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
-}
-
-/// Loopback, private (RFC 1918 / ULA) and link-local peers.
-fn is_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_local(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 /// The JSON document (also what `pispeaker status` and `drop-test` read). The cast, once one
@@ -258,7 +283,37 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
-    const LAN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 168, 1, 20));
+    /// A peer the LAN check (`web::lan`, tested there) accepted.
+    const LAN: bool = true;
+
+    /// The default `[::]` listener takes IPv4 clients too, and their v4-mapped address passes
+    /// the LAN check as the IPv4 address it is.
+    #[tokio::test]
+    async fn the_dual_stack_default_serves_ipv4_clients() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("[::]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (control, _endpoint) = crate::connect::control::channel(status());
+        let (_jf, jellyfin) = watch::channel(JellyfinState::Disabled);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, control, jellyfin, shutdown));
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_string(&mut response),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
 
     #[test]
     fn json_has_what_the_page_promises() {
@@ -403,21 +458,16 @@ mod tests {
             None,
         );
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let outside = IpAddr::V4(std::net::Ipv4Addr::new(8, 8, 8, 8));
         let r = route(
             &Method::GET,
             "/status.json",
-            outside,
+            false,
             &status(),
             &JellyfinState::Disabled,
             None,
             None,
         );
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        assert!(is_local("::1".parse().unwrap()));
-        assert!(is_local("fd00::5".parse().unwrap()));
-        assert!(is_local("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!is_local("2001:db8::1".parse().unwrap()));
         let r = route(
             &Method::GET,
             "/nope",
