@@ -801,8 +801,8 @@ async fn rewind_and_fast_forward_seek_spotify_by_the_servers_skip_lengths(versio
             position_ms: 60_000,
         })
         .unwrap();
-    // The paused report shows the events went round (the socket task follows the same
-    // broadcast, and the server's command comes later still).
+    // The paused report shows the events were sent; the socket task takes every event sent
+    // before it handles the server's command (it failed under load when it did not).
     until(Duration::from_secs(5), "the paused report", || {
         fake.reports().iter().any(|(_, b)| b["IsPaused"] == true)
     })

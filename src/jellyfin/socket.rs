@@ -60,6 +60,9 @@ pub async fn serve(
     on_connected: impl std::future::Future<Output = Result<(), String>>,
     on_binding: impl Fn(Binding),
 ) -> SocketEnd {
+    // Before connecting: Spotify's events from the moment the server can see us on, for the
+    // play clock (a Rewind right after connecting skips from the right place).
+    let mut spotify_events = control.subscribe_events();
     let url = match api.socket_url() {
         Ok(url) => url,
         Err(e) => return SocketEnd::Lost(e.to_string()),
@@ -100,7 +103,6 @@ pub async fn serve(
         liveness.capabilities_every,
     );
     let mut last_inbound = Instant::now();
-    let mut spotify_events = control.subscribe_events();
     let mut clock = PlayClock::default();
     let mut events_open = true;
     // Unbound until the server's first ForceKeepAlive; then `GET /Sessions` confirms that a
@@ -163,6 +165,11 @@ pub async fn serve(
                             Inbound::SeekBy(delta) => match casting {
                                 Some(cast) => cast.send(CastCommand::SeekBy(delta)),
                                 None => {
+                                    // Events sent before this command may still wait in the
+                                    // channel (select! picks ready branches at random): the
+                                    // clock takes them first, or the skip starts from a stale
+                                    // position.
+                                    catch_up(&mut clock, &mut spotify_events);
                                     let position_ms = clock.target(delta, std::time::Instant::now());
                                     if let Err(e) = control.send(Command::Seek { position_ms }).await {
                                         info!("Jellyfin skip not carried out: {e}");
@@ -247,4 +254,19 @@ pub async fn serve(
 
 fn keepalive_message() -> Message {
     Message::Text(r#"{"MessageType":"KeepAlive"}"#.into())
+}
+
+/// Feeds the play clock every Spotify event already sent.
+fn catch_up(
+    clock: &mut PlayClock,
+    events: &mut tokio::sync::broadcast::Receiver<crate::connect::control::PlaybackEvent>,
+) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(event) => clock.on_event(&event, std::time::Instant::now()),
+            Err(TryRecvError::Lagged(_)) => continue,
+            Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => return,
+        }
+    }
 }
