@@ -168,6 +168,11 @@ rm -f "$ROOT/tmp/customize.sh"
 umount -l "$ROOT/dev" "$ROOT/proc"
 # The user-editable settings file on the FAT partition.
 install -m 0644 image/boot/pispeaker.toml "$ROOT/boot/firmware/pispeaker.toml"
+# What config.txt includes for the board's overlay (raspi-firmware-custom): as
+# pispeaker-board-overlay.service would write it for the default board (no overlay).
+install -m 0644 image/boot/pispeaker-board.txt "$ROOT/boot/firmware/pispeaker-board.txt"
+grep -qx 'include pispeaker-board.txt' "$ROOT/boot/firmware/config.txt" \
+  || die "config.txt does not include pispeaker-board.txt (image/rootfs/etc/default/raspi-firmware-custom)"
 # The HAT overlays for Debian's kernel (board/overlays/), where the firmware looks for dtoverlay=
 # files, checked against the device trees this image's firmware will load (tests/overlays.sh).
 install -d "$ROOT/boot/firmware/overlays"
