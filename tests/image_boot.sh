@@ -193,6 +193,11 @@ grep -q 'up to date for board "usb-dac"' <<<"$(probe overlay_log=)" || die "the 
 [ "$(probe overlay_back=)" = "0 ro" ] || die "going back to usb-dac did not remove the overlay (lines, mount: $(probe overlay_back=))"
 pass "board overlay: the unit left the shipped file alone at boot (usb-dac, no reboot); hifiberry-dacplus wrote its dtoverlay line to the read-only FAT and usb-dac removed it, the FAT read-only outside the unit throughout"
 
+probe_all "codec_error " | sed 's/^/  /'
+[ -z "$(probe_all "codec_error ")" ] || die "the codec modules do not load cleanly (lines above)"
+[ "$(probe codecs=)" = "snd_soc_pcm5102a snd_soc_pcm512x snd_soc_pcm512x_i2c " ] || die "codec modules loaded: $(probe codecs=)"
+pass "HAT codec modules load into the image kernel: $(probe codecs=)(from $(probe codec_paths=))"
+
 # The Jellyfin cast, started once the probe was done with the mixer (see the wait above).
 echo "--- Jellyfin cast from the fake server on the host"
 grep -q 'session ready' "$WORK/jellyfin.log" \

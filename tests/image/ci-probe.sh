@@ -71,6 +71,15 @@ unshare -m --propagation slave pispeaker board-overlay --remount /boot/firmware 
   | while IFS= read -r line; do out "overlay_run $line"; done
 out "overlay_back=$(grep -c '^dtoverlay=' /boot/firmware/pispeaker-board.txt) $(findmnt -no OPTIONS /boot/firmware | cut -d, -f1)"
 
+# The HATs' codec modules (image/codecs) load into this kernel: vermagic and symbol versions
+# accepted (no device needed; udev loads them on a Pi from the overlay's compatible string).
+for m in snd-soc-pcm5102a snd-soc-pcm512x-i2c; do
+  modprobe "$m" 2>&1 | while IFS= read -r line; do out "codec_error $line"; done
+done
+out "codecs=$(lsmod | awk '$1 ~ /^snd_soc_pcm51/ { print $1 }' | sort | tr '\n' ' ')"
+out "codec_paths=$(modinfo -n snd-soc-pcm512x | sed 's|.*/updates/|updates/|')"
+dmesg | grep -iE 'pcm51.*(disagrees|invalid|unknown symbol)' | while IFS= read -r line; do out "codec_error $line"; done
+
 # The host now casts a track from its fake Jellyfin server: wait until the speaker's own status
 # says the cast plays, then measure the daemon over 3 s of it (CPU of one guest core, memory).
 out "cast-ready"
