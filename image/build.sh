@@ -4,8 +4,10 @@
 #   sudo bash image/build.sh            ->  image/out/pispeaker-<version>-armhf.img.xz (+ .sha256)
 #
 # Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
-# build (scripts/cross-armv7.sh). No loop devices, no docker: mmdebstrap builds the root file
-# system under qemu-user binfmt, genimage writes the partitioned image with mke2fs -d and mtools.
+# build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
+# built from Debian's own kernel source for the image kernel (image/codecs). No loop devices, no
+# docker: mmdebstrap builds the root file system under qemu-user binfmt, genimage writes the
+# partitioned image with mke2fs -d and mtools.
 #
 # Options (flags or environment):
 #   --mirror URL       PISPEAKER_IMAGE_MIRROR     Debian mirror (default http://deb.debian.org/debian)
@@ -47,7 +49,7 @@ while [ $# -gt 0 ]; do
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +57,7 @@ if [ ${#APT_LINES[@]} -eq 0 ]; then
   APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
 fi
 
-STEPS=7
+STEPS=8
 step_no=0
 T0=$SECONDS
 step() { step_no=$((step_no + 1)); printf '\n==> [%d/%d] %s  (%ds)\n' "$step_no" "$STEPS" "$*" "$((SECONDS - T0))"; }
@@ -82,7 +84,8 @@ DPKG_OPTS=(
 # ---------------------------------------------------------------------------------------------
 step "host tools"
 need=()
-for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler; do
+for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler \
+         gcc-12-arm-linux-gnueabihf make; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -166,8 +169,19 @@ install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
 chroot "$ROOT" /tmp/customize.sh
 rm -f "$ROOT/tmp/customize.sh"
 umount -l "$ROOT/dev" "$ROOT/proc"
+
+# ---------------------------------------------------------------------------------------------
+step "HAT codec modules for the image kernel (image/codecs/build.sh)"
+# Debian's kernel lacks the PCM512x / PCM5102A codecs: built out of tree from Debian's source of
+# the image kernel's exact version, checked against its vermagic and symbol CRCs.
+bash image/codecs/build.sh "$ROOT" "$CACHE" || die "the codec modules could not be built for the image kernel (above)"
 # The user-editable settings file on the FAT partition.
 install -m 0644 image/boot/pispeaker.toml "$ROOT/boot/firmware/pispeaker.toml"
+# What config.txt includes for the board's overlay (raspi-firmware-custom): as
+# pispeaker-board-overlay.service would write it for the default board (no overlay).
+install -m 0644 image/boot/pispeaker-board.txt "$ROOT/boot/firmware/pispeaker-board.txt"
+grep -qx 'include pispeaker-board.txt' "$ROOT/boot/firmware/config.txt" \
+  || die "config.txt does not include pispeaker-board.txt (image/rootfs/etc/default/raspi-firmware-custom)"
 # The HAT overlays for Debian's kernel (board/overlays/), where the firmware looks for dtoverlay=
 # files, checked against the device trees this image's firmware will load (tests/overlays.sh).
 install -d "$ROOT/boot/firmware/overlays"

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigArgs, ConfigError};
 use crate::connect::drop_test::{self, DropTestOptions};
-use crate::{board, boot_config, daemon, logging};
+use crate::{board, board_overlay, boot_config, daemon, logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +55,23 @@ enum Command {
         #[arg(long, default_value = boot_config::DEFAULT_OUT_DIR)]
         out: PathBuf,
     },
+    /// SD image: write the device-tree overlay for pispeaker.toml's board where config.txt
+    /// includes it (run at every boot, before the speaker)
+    BoardOverlay {
+        /// The settings file on the boot partition
+        #[arg(long, default_value = boot_config::DEFAULT_SOURCE)]
+        source: PathBuf,
+        /// The file config.txt includes
+        #[arg(long, default_value = board_overlay::DEFAULT_TARGET)]
+        target: PathBuf,
+        /// If this mount point is read-only, remount it read-write for the write only
+        #[arg(long)]
+        remount: Option<PathBuf>,
+        /// Reboot when the overlay changed, so the firmware applies it; at most once per change
+        /// (remembered in this file, on a writable partition)
+        #[arg(long)]
+        reboot_stamp: Option<PathBuf>,
+    },
     /// Jellyfin tools
     Jellyfin {
         #[command(subcommand)]
@@ -93,6 +110,22 @@ pub fn main() -> ExitCode {
     // broken), so it does not load it.
     if let Some(Command::BootConfig { source, out }) = &cli.command {
         return apply_boot_config(source, out);
+    }
+    if let Some(Command::BoardOverlay {
+        source,
+        target,
+        remount,
+        reboot_stamp,
+    }) = &cli.command
+    {
+        return apply_board_overlay(
+            &board_overlay::Paths {
+                source: source.clone(),
+                target: target.clone(),
+                remount: remount.clone(),
+            },
+            reboot_stamp.as_deref(),
+        );
     }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
@@ -143,7 +176,9 @@ pub fn main() -> ExitCode {
             seconds,
             capture,
         }),
-        Some(Command::BootConfig { .. }) => ExitCode::SUCCESS, // handled above
+        Some(Command::BootConfig { .. }) | Some(Command::BoardOverlay { .. }) => {
+            ExitCode::SUCCESS // handled above
+        }
     }
 }
 
@@ -174,6 +209,83 @@ fn apply_boot_config(source: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: boot config: cannot write {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs what happened to the overlay file and reboots when the firmware has to apply a change.
+/// Nothing here may stop the boot: every failure is logged and the Pi boots with the old overlay.
+fn apply_board_overlay(paths: &board_overlay::Paths, reboot_stamp: Option<&Path>) -> ExitCode {
+    let target = paths.target.display();
+    let board_text = |board: &Option<String>| match board {
+        Some(name) => format!("board {name:?}"),
+        None => "no board set".to_string(),
+    };
+    match board_overlay::apply(paths) {
+        Ok(board_overlay::Outcome::Unchanged { board }) => {
+            eprintln!(
+                "board overlay: {target} is up to date for {}",
+                board_text(&board)
+            );
+            if let Some(stamp) = reboot_stamp {
+                if let Err(e) = board_overlay::clear_stamp(stamp) {
+                    eprintln!("board overlay: cannot remove {}: {e}", stamp.display());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(board_overlay::Outcome::LeftAlone { why }) => {
+            eprintln!(
+                "board overlay: {why}; {target} stays as it was (the overlay does not change)"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(board_overlay::Outcome::Written { board, reboot }) => {
+            eprintln!("board overlay: wrote {target} for {}", board_text(&board));
+            if !reboot {
+                return ExitCode::SUCCESS;
+            }
+            let Some(stamp) = reboot_stamp else {
+                eprintln!("board overlay: the new overlay applies at the next boot");
+                return ExitCode::SUCCESS;
+            };
+            let wanted = std::fs::read(&paths.target).unwrap_or_default();
+            match board_overlay::reboot_allowed(stamp, &wanted) {
+                Ok(true) => {
+                    eprintln!("board overlay: rebooting once so the firmware applies it");
+                    match std::process::Command::new("systemctl")
+                        .args(["--no-block", "reboot"])
+                        .status()
+                    {
+                        Ok(status) if status.success() => ExitCode::SUCCESS,
+                        Ok(status) => {
+                            eprintln!("board overlay: systemctl reboot failed ({status}); the overlay applies at the next boot");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("board overlay: cannot run systemctl reboot ({e}); the overlay applies at the next boot");
+                            ExitCode::SUCCESS
+                        }
+                    }
+                }
+                Ok(false) => {
+                    eprintln!(
+                        "error: board overlay: the last boot already rebooted for this same change and the firmware still did not get it ({target} did not keep it?); not rebooting again. Check the SD card."
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: board overlay: cannot write {} ({e}); not rebooting, so that a failure cannot loop. The overlay applies at the next boot.",
+                        stamp.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: board overlay: cannot update {target}: {e}; the old overlay stays");
             ExitCode::from(1)
         }
     }

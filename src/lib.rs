@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod board;
+pub mod board_overlay;
 pub mod boot_config;
 pub mod cli;
 pub mod config;

@@ -58,12 +58,13 @@ mdir -b -i "$FAT" :: > "$WORK/boot-files"
 KERNEL=$(grep -o 'vmlinuz-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
 INITRD=$(grep -o 'initrd.img-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
 [ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "the boot partition lacks the kernel or initrd: $(tr '\n' ' ' < "$WORK/boot-files")"
-for f in config.txt cmdline.txt pispeaker.toml bootcode.bin start.elf fixup.dat bcm2836-rpi-2-b.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb bcm2837-rpi-zero-2-w.dtb; do
+for f in config.txt cmdline.txt pispeaker.toml pispeaker-board.txt bootcode.bin start.elf fixup.dat bcm2836-rpi-2-b.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb bcm2837-rpi-zero-2-w.dtb; do
   grep -qx "::/$f" "$WORK/boot-files" || die "the boot partition lacks $f"
 done
 mcopy -i "$FAT" "::$KERNEL" "::$INITRD" ::cmdline.txt ::config.txt ::pispeaker.toml "$WORK/"
 grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
 grep -q "^kernel=$KERNEL" "$WORK/config.txt" || die "config.txt does not boot $KERNEL"
+grep -qx 'include pispeaker-board.txt' "$WORK/config.txt" || die "config.txt does not include pispeaker-board.txt (the board's overlay)"
 pass "boot partition: $KERNEL, $INITRD, Pi 2/3/Zero 2 W device trees, config.txt, cmdline.txt, pispeaker.toml"
 
 # The Pi's command line, with the serial console of qemu's virt machine instead of the Pi's.
@@ -183,6 +184,19 @@ pass "only the speaker listens (7070 status, 7071 zeroconf, 5353 mDNS); no SSH w
 failed=$(probe_all "failed ")
 [ -z "$failed" ] || die "failed units in the guest: $failed"
 pass "no failed units"
+
+# The board's overlay (pispeaker-board-overlay.service; see the probe).
+probe_all "overlay_run " | sed 's/^/  /'
+[ "$(probe overlay_state=)" = "active,success" ] || die "pispeaker-board-overlay.service: $(probe overlay_state=) ($(probe overlay_log=))"
+grep -q 'up to date for board "usb-dac"' <<<"$(probe overlay_log=)" || die "the overlay unit did not find the shipped file up to date: $(probe overlay_log=)"
+[ "$(probe overlay_hat=)" = "1 ro" ] || die "choosing hifiberry-dacplus did not write its overlay to the read-only FAT (lines, mount: $(probe overlay_hat=))"
+[ "$(probe overlay_back=)" = "0 ro" ] || die "going back to usb-dac did not remove the overlay (lines, mount: $(probe overlay_back=))"
+pass "board overlay: the unit left the shipped file alone at boot (usb-dac, no reboot); hifiberry-dacplus wrote its dtoverlay line to the read-only FAT and usb-dac removed it, the FAT read-only outside the unit throughout"
+
+probe_all "codec_error " | sed 's/^/  /'
+[ -z "$(probe_all "codec_error ")" ] || die "the codec modules do not load cleanly (lines above)"
+[ "$(probe codecs=)" = "snd_soc_pcm5102a snd_soc_pcm512x snd_soc_pcm512x_i2c " ] || die "codec modules loaded: $(probe codecs=)"
+pass "HAT codec modules load into the image kernel: $(probe codecs=)(from $(probe codec_paths=))"
 
 # The Jellyfin cast, started once the probe was done with the mixer (see the wait above).
 echo "--- Jellyfin cast from the fake server on the host"

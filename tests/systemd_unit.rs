@@ -85,3 +85,37 @@ fn unit_has_the_promised_settings() {
         assert!(unit.contains(needle), "unit lacks {needle:?}");
     }
 }
+
+/// The SD image's own boot units (image/rootfs): systemd must accept them as written.
+#[test]
+fn image_units_verify_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_pispeaker");
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/systemd/system");
+    let mut copies = Vec::new();
+    for name in [
+        "pispeaker-boot-config.service",
+        "pispeaker-board-overlay.service",
+    ] {
+        let unit = std::fs::read_to_string(units.join(name)).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/pispeaker "), "{name}");
+        let copy = dir.path().join(name);
+        std::fs::write(
+            &copy,
+            unit.replace(
+                "ExecStart=/usr/bin/pispeaker ",
+                &format!("ExecStart={binary} "),
+            ),
+        )
+        .unwrap();
+        copies.push(copy.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["verify", "--man=no"];
+    args.extend(copies.iter().map(String::as_str));
+    let (_, text) = systemd_analyze(&args);
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("pispeaker-boot") || l.contains("pispeaker-board"))
+        .collect();
+    assert!(ours.is_empty(), "systemd-analyze verify complains:\n{text}");
+}

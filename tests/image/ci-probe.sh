@@ -57,6 +57,29 @@ ss -ltnupH | while IFS= read -r line; do out "listen $line"; done
 journal | tail -n 40 | while IFS= read -r line; do out "journal $line"; done
 systemctl --failed --no-legend --plain | while IFS= read -r line; do out "failed $line"; done
 
+# The board overlay: at boot the unit found the card's file up to date for usb-dac (a reboot
+# here would end qemu: -no-reboot). Then what choosing a HAT does, run the way the unit runs it
+# (its own mount namespace; the FAT stays read-only outside) minus the reboot: the overlay line
+# lands on the FAT, the FAT is read-only again, and the card's own usb-dac removes the line.
+out "overlay_state=$(systemctl show -p ActiveState --value pispeaker-board-overlay.service),$(systemctl show -p Result --value pispeaker-board-overlay.service)"
+out "overlay_log=$(journalctl -b -o cat --no-pager -u pispeaker-board-overlay.service | grep -m1 'board overlay:')"
+echo 'board = "hifiberry-dacplus"' > /tmp/hat.toml
+unshare -m --propagation slave pispeaker board-overlay --source /tmp/hat.toml --remount /boot/firmware 2>&1 \
+  | while IFS= read -r line; do out "overlay_run $line"; done
+out "overlay_hat=$(grep -c '^dtoverlay=pispeaker-hifiberry-dacplus$' /boot/firmware/pispeaker-board.txt) $(findmnt -no OPTIONS /boot/firmware | cut -d, -f1)"
+unshare -m --propagation slave pispeaker board-overlay --remount /boot/firmware 2>&1 \
+  | while IFS= read -r line; do out "overlay_run $line"; done
+out "overlay_back=$(grep -c '^dtoverlay=' /boot/firmware/pispeaker-board.txt) $(findmnt -no OPTIONS /boot/firmware | cut -d, -f1)"
+
+# The HATs' codec modules (image/codecs) load into this kernel: vermagic and symbol versions
+# accepted (no device needed; udev loads them on a Pi from the overlay's compatible string).
+for m in snd-soc-pcm5102a snd-soc-pcm512x-i2c; do
+  modprobe "$m" 2>&1 | while IFS= read -r line; do out "codec_error $line"; done
+done
+out "codecs=$(lsmod | awk '$1 ~ /^snd_soc_pcm51/ { print $1 }' | sort | tr '\n' ' ')"
+out "codec_paths=$(modinfo -n snd-soc-pcm512x | sed 's|.*/updates/|updates/|')"
+dmesg | grep -iE 'pcm51.*(disagrees|invalid|unknown symbol)' | while IFS= read -r line; do out "codec_error $line"; done
+
 # The host now casts a track from its fake Jellyfin server: wait until the speaker's own status
 # says the cast plays, then measure the daemon over 3 s of it (CPU of one guest core, memory).
 out "cast-ready"
