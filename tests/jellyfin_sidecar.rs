@@ -462,35 +462,9 @@ async fn a_down_server_never_blocks_the_control_handle() {
 }
 
 async fn pispeaker_jellyfin_pair_pairs_from_a_terminal(version: ServerVersion) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
-        .args(["--config", "/dev/null", "--cache"])
-        .arg(dir.path())
-        .args(["jellyfin", "pair", "--server", &fake.url()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let code = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
-                return code.trim().to_string();
-            }
-        }
-        panic!("no code printed");
-    })
-    .await
-    .expect("code printed");
-    assert!(fake.approve(&code));
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    pair_from_a_terminal(dir.path(), &fake).await;
     let token = std::fs::read_to_string(dir.path().join("jellyfin_token")).unwrap();
     assert!(fake.seen.lock().unwrap().tokens.contains(&token));
 }
@@ -662,37 +636,11 @@ async fn a_401_reloads_a_fresh_token_from_the_file_instead_of_setting_it_aside(
 async fn pairing_from_a_terminal_while_the_daemon_runs_keeps_the_fresh_token(
     version: ServerVersion,
 ) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let fake = FakeJellyfin::start_version("127.0.0.1:0", 1.0, version).await;
     fake.add_token("old");
     let sidecar = start(&fake.url(), Some("old"), |_| {});
     until(Duration::from_secs(5), "connected", || connected(&fake)).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
-        .args(["--config", "/dev/null", "--cache"])
-        .arg(&sidecar.dir)
-        .args(["jellyfin", "pair", "--server", &fake.url()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let code = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
-                return code.trim().to_string();
-            }
-        }
-        panic!("no code printed");
-    })
-    .await
-    .expect("code printed");
-    assert!(fake.approve(&code));
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    pair_from_a_terminal(&sidecar.dir, &fake).await;
     let fresh = token_file(&sidecar);
     assert_ne!(fresh, "old");
     until(
@@ -845,6 +793,38 @@ async fn quick_connect_disabled_on_the_server_is_explained(version: ServerVersio
     })
     .await;
     sidecar.stop().await;
+}
+
+/// Runs `pispeaker jellyfin pair` as a user would from a terminal, approves the code it prints
+/// on the fake server, and waits for it to succeed.
+async fn pair_from_a_terminal(cache: &std::path::Path, fake: &FakeJellyfin) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["--config", "/dev/null", "--cache"])
+        .arg(cache)
+        .args(["jellyfin", "pair", "--server", &fake.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(code) = line.strip_prefix("Quick Connect code: ") {
+                return code.trim().to_string();
+            }
+        }
+        panic!("no code printed");
+    })
+    .await
+    .expect("code printed");
+    assert!(fake.approve(&code));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
 }
 
 every_version!(
