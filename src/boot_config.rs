@@ -29,6 +29,8 @@ use crate::{board, state};
 
 /// Where the image mounts the FAT partition's settings file.
 pub const DEFAULT_SOURCE: &str = "/boot/firmware/pispeaker.toml";
+/// The settings file's name on the boot partition.
+pub const DEFAULT_FILE_NAME: &str = "pispeaker.toml";
 /// Where the runtime files go (a tmpfs: nothing here outlives the boot).
 pub const DEFAULT_OUT_DIR: &str = "/run/pispeaker";
 /// The report file inside the output directory, read by the status page.
@@ -56,6 +58,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "ssh_authorized_key",
         "the public key allowed to log in as root over SSH",
+    ),
+    (
+        "admin_password",
+        "the web app's password (hashed and taken off the card at boot)",
     ),
 ];
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigArgs, ConfigError};
 use crate::connect::drop_test::{self, DropTestOptions};
-use crate::{board, board_overlay, boot_config, daemon, logging};
+use crate::{board, board_overlay, boot_config, boot_password, daemon, logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +72,19 @@ enum Command {
         #[arg(long)]
         reboot_stamp: Option<PathBuf>,
     },
+    /// SD image: hash `admin-password` from the boot partition into the web app's password file
+    /// and remove it from the card (run at every boot, as root, before the speaker)
+    AdoptPassword {
+        /// The boot partition's mount point
+        #[arg(long, default_value = "/boot/firmware")]
+        boot: PathBuf,
+        /// The speaker's state directory (the password file gets its owner)
+        #[arg(long, default_value = "/var/lib/pispeaker")]
+        state: PathBuf,
+        /// If this mount point is read-only, remount it read-write for the removal only
+        #[arg(long)]
+        remount: Option<PathBuf>,
+    },
     /// Jellyfin tools
     Jellyfin {
         #[command(subcommand)]
@@ -127,6 +140,18 @@ pub fn main() -> ExitCode {
             reboot_stamp.as_deref(),
         );
     }
+    if let Some(Command::AdoptPassword {
+        boot,
+        state,
+        remount,
+    }) = &cli.command
+    {
+        return adopt_password(&boot_password::Paths {
+            boot: boot.clone(),
+            state: state.clone(),
+            remount: remount.clone(),
+        });
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => return config_error(&e),
@@ -176,7 +201,9 @@ pub fn main() -> ExitCode {
             seconds,
             capture,
         }),
-        Some(Command::BootConfig { .. }) | Some(Command::BoardOverlay { .. }) => {
+        Some(Command::BootConfig { .. })
+        | Some(Command::BoardOverlay { .. })
+        | Some(Command::AdoptPassword { .. }) => {
             ExitCode::SUCCESS // handled above
         }
     }
@@ -209,6 +236,42 @@ fn apply_boot_config(source: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: boot config: cannot write {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs where a password came from (never the password). A failure to store it leaves the file
+/// on the card for the next boot and exits 1 (the journal shows it); the speaker starts anyway.
+fn adopt_password(paths: &boot_password::Paths) -> ExitCode {
+    let auth = crate::web::auth::Auth::new(&paths.state);
+    match boot_password::adopt(paths, &auth) {
+        Ok(outcomes) => {
+            for outcome in &outcomes {
+                match outcome {
+                    boot_password::Outcome::Adopted { from } => eprintln!(
+                        "admin password: the web app's password is now the one from {}; removed it from the card",
+                        from.display()
+                    ),
+                    boot_password::Outcome::Refused { from, why } => eprintln!(
+                        "admin password: {} not used: {why}; removed it from the card (write a longer one there to try again)",
+                        from.display()
+                    ),
+                }
+            }
+            if outcomes.is_empty() {
+                eprintln!(
+                    "admin password: none on {} (nothing to do)",
+                    paths.boot.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: admin password: cannot store it in {} ({e}); it stays on the card and is tried again at the next boot",
+                paths.state.display()
+            );
             ExitCode::from(1)
         }
     }

@@ -6,6 +6,7 @@ pub mod audio;
 pub mod board;
 pub mod board_overlay;
 pub mod boot_config;
+pub mod boot_password;
 pub mod cli;
 pub mod config;
 pub mod connect;
