@@ -35,6 +35,10 @@ pub const DEFAULT_FILE_NAME: &str = "pispeaker.toml";
 pub const DEFAULT_OUT_DIR: &str = "/run/pispeaker";
 /// The report file inside the output directory, read by the status page.
 pub const REPORT_FILE: &str = "boot-config.json";
+/// wpa_supplicant's configuration for wlan0 in the output directory (0600: the passphrase).
+pub const WPA_FILE: &str = "wpa_supplicant-wlan0.conf";
+/// Present while SSH is on (`ssh.service` has it as a condition).
+pub const SSH_MARKER: &str = "ssh-enabled";
 
 /// Every key the file may hold, with what it is for (also the message for an unknown key).
 const KEYS: &[(&str, &str)] = &[
@@ -312,7 +316,7 @@ fn check_server(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_country(v: &str) -> Result<String, String> {
+pub(crate) fn check_country(v: &str) -> Result<String, String> {
     let upper = v.to_ascii_uppercase();
     if upper.len() == 2 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(upper)
@@ -321,7 +325,7 @@ fn check_country(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_ssid(v: &str) -> Result<String, String> {
+pub(crate) fn check_ssid(v: &str) -> Result<String, String> {
     if v.len() > 32 {
         Err("is longer than 32 bytes, the Wi-Fi limit".into())
     } else if v.chars().any(char::is_control) {
@@ -331,7 +335,7 @@ fn check_ssid(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_passphrase(v: &str) -> Result<(), String> {
+pub(crate) fn check_passphrase(v: &str) -> Result<(), String> {
     let hex_psk = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
     if hex_psk || ((8..=63).contains(&v.len()) && v.bytes().all(|b| (32..127).contains(&b))) {
         Ok(())
@@ -343,7 +347,7 @@ fn check_passphrase(v: &str) -> Result<(), String> {
     }
 }
 
-fn check_ssh_key(v: &str) -> Result<String, String> {
+pub(crate) fn check_ssh_key(v: &str) -> Result<String, String> {
     let mut parts = v.split_whitespace();
     let kind = parts.next().unwrap_or_default();
     let body = parts.next().unwrap_or_default();
@@ -368,7 +372,59 @@ pub struct Applied {
 /// Reads `source` (a missing file means "all defaults") and writes the runtime files to `out`.
 /// Only an unwritable output directory is an error.
 pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
-    let (settings, mut problems) = match std::fs::read(source) {
+    apply_with_store(source, out, None)
+}
+
+/// [`apply`], with the Wi-Fi and SSH settings made in the web app (`store`, on the data
+/// partition) filling in what the boot partition leaves unset; then also writes the summary the
+/// web app reads ([`crate::system_settings::SUMMARY_FILE`]).
+pub fn apply_with_store(source: &Path, out: &Path, store: Option<&Path>) -> io::Result<Applied> {
+    let (settings, mut problems) = read_source(source);
+    std::fs::create_dir_all(out)?;
+
+    state::write_atomic_with_mode(&out.join("boot.env"), env_file(&settings).as_bytes(), 0o644)?;
+
+    let merged = match store {
+        Some(store) => {
+            let (stored, problem) = crate::system_settings::read_store(store);
+            problems.extend(problem.map(|message| Problem {
+                key: String::new(),
+                message,
+            }));
+            let merged = crate::system_settings::merge_boot_and_store(&settings, &stored);
+            write_system_files(&merged.settings, out)?;
+            crate::system_settings::write_summary(out, &merged)?;
+            merged.settings
+        }
+        None => {
+            write_system_files(&settings, out)?;
+            settings.clone()
+        }
+    };
+
+    if let Some(hostname) = &settings.hostname {
+        if let Err(e) = set_hostname(hostname) {
+            problems.push(Problem {
+                key: "hostname".into(),
+                message: format!("could not be set ({e}); the image's default stays"),
+            });
+        }
+    }
+
+    let report = Report {
+        source: source.display().to_string(),
+        found: source.exists(),
+        applied: applied_summary(&merged),
+        problems: problems.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other)?;
+    state::write_atomic_with_mode(&out.join(REPORT_FILE), &json, 0o644)?;
+    Ok(Applied { settings, problems })
+}
+
+/// The boot partition's settings and their problems; a missing file means all defaults.
+pub fn read_source(source: &Path) -> (BootSettings, Vec<Problem>) {
+    match std::fs::read(source) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse(&text),
             Err(_) => (
@@ -387,18 +443,17 @@ pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
                 message: format!("cannot be read ({e}); all settings use their defaults"),
             }],
         ),
-    };
-    std::fs::create_dir_all(out)?;
+    }
+}
 
-    state::write_atomic_with_mode(&out.join("boot.env"), env_file(&settings).as_bytes(), 0o644)?;
-
-    let wpa = out.join("wpa_supplicant-wlan0.conf");
+/// The Wi-Fi and SSH runtime files for `settings` (removed when unset).
+pub fn write_system_files(settings: &BootSettings, out: &Path) -> io::Result<()> {
+    let wpa = out.join(WPA_FILE);
     match &settings.wifi {
         Some(wifi) => state::write_secret_atomic(&wpa, wpa_conf(wifi).as_bytes())?,
         None => remove_if_present(&wpa)?,
     }
-
-    let ssh_marker = out.join("ssh-enabled");
+    let ssh_marker = out.join(SSH_MARKER);
     let keys = out.join("authorized_keys");
     match &settings.ssh_key {
         Some(key) => {
@@ -410,25 +465,7 @@ pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
             remove_if_present(&keys)?;
         }
     }
-
-    if let Some(hostname) = &settings.hostname {
-        if let Err(e) = set_hostname(hostname) {
-            problems.push(Problem {
-                key: "hostname".into(),
-                message: format!("could not be set ({e}); the image's default stays"),
-            });
-        }
-    }
-
-    let report = Report {
-        source: source.display().to_string(),
-        found: source.exists(),
-        applied: applied_summary(&settings),
-        problems: problems.clone(),
-    };
-    let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other)?;
-    state::write_atomic_with_mode(&out.join(REPORT_FILE), &json, 0o644)?;
-    Ok(Applied { settings, problems })
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

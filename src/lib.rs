@@ -17,5 +17,6 @@ pub mod logging;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod system_settings;
 pub mod systemd;
 pub mod web;
