@@ -341,7 +341,6 @@ fn start_web(
     // The image's `admin-password` on the FAT partition is adopted before the daemon starts, by
     // a root unit (`pispeaker adopt-password`): the daemon can neither read nor change the FAT.
     let auth = web::auth::Auth::new(&config.cache);
-    let on_image = config.status.boot_config_report.is_some();
     let hub = web::events::EventHub::new();
     tokio::spawn(web::bridge::run(
         hub.clone(),
@@ -358,7 +357,7 @@ fn start_web(
         settings: Arc::new(web::settings::SettingsFile::from_args(
             args,
             &config.cache,
-            on_image,
+            config.status.boot_config_report.as_deref(),
         )),
         config: Arc::new(config_tx),
         reload: Arc::new(move || config::load(&reload_args).map_err(|e| e.to_string())),
