@@ -11,7 +11,9 @@
 //! - `wpa_supplicant-wlan0.conf` (0600): Wi-Fi country, SSID and passphrase;
 //! - `ssh-enabled` + `authorized_keys`: only when SSH is switched on *and* a key is given (root
 //!   has no password, so SSH without a key could never be used);
-//! - `boot-config.json`: what was applied and every problem, for the status page.
+//! - `boot-config.json`: what was applied and every problem, for the status page;
+//! - with `--system-store` (the image): Wi-Fi and SSH set from the web app fill in what the file
+//!   leaves unset, and `system.json` tells the web app what is in effect (`system_settings`).
 //!
 //! A bad value never stops the speaker: it is reported (journal and status page) and that one
 //! setting falls back to its default. Because the file is read again at every boot, later edits
