@@ -17,4 +17,5 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod systemd;
+pub mod update;
 pub mod web;
