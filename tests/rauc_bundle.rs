@@ -310,3 +310,129 @@ fn tampered_foreign_and_truncated_bundles_are_refused() {
         stderr(&out)
     );
 }
+
+/// `pispeaker update --check-only`, the check every install goes through first, on real bundles
+/// against the image's system.conf.
+fn update_check(bundle: &Path, cert: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+        .args(["update", "--check-only", "--rauc-conf"])
+        .arg(repo().join("image/rauc/system.conf"))
+        .arg("--keyring")
+        .arg(cert)
+        .arg(bundle)
+        .output()
+        .unwrap()
+}
+
+/// A bundle with another compatible string, built with rauc directly (make-bundle.sh only makes
+/// armhf ones), as a bundle for another device would be.
+fn foreign_bundle(dir: &Path, key: &Path, cert: &Path) -> PathBuf {
+    let content = dir.join("arm64-content");
+    fs::create_dir_all(&content).unwrap();
+    fs::copy(rootfs(dir), content.join("rootfs.ext4")).unwrap();
+    fs::write(
+        content.join("manifest.raucm"),
+        "[update]\ncompatible=pispeaker-arm64\nversion=99.0.0\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n",
+    )
+    .unwrap();
+    let bundle = dir.join("pispeaker-99.0.0-arm64.raucb");
+    check(
+        Command::new("rauc")
+            .arg("bundle")
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
+            .arg(&content)
+            .arg(&bundle)
+            .output()
+            .unwrap(),
+        "rauc bundle",
+    );
+    bundle
+}
+
+#[test]
+fn update_check_accepts_a_newer_signed_bundle_and_refuses_the_rest_with_what_to_do() {
+    if !have_rauc() {
+        return;
+    }
+    let running = env!("CARGO_PKG_VERSION");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = key_pair(dir.path(), "release");
+    check(
+        make_bundle(dir.path(), "99.0.0", "new", Some((&key, &cert))),
+        "make-bundle",
+    );
+    let newer = dir.path().join("new/pispeaker-99.0.0-armhf.raucb");
+    let out = check(update_check(&newer, &cert), "pispeaker update --check-only");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok: 99.0.0 can be installed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("signature verified: signed by 'CN = release'"));
+    assert!(stderr(&out).contains(&format!("running {running}")));
+
+    let refused = |bundle: &Path, why: &str| {
+        let out = update_check(bundle, &cert);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            bundle.display(),
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(why),
+            "{}: want {why:?} in:\n{}",
+            bundle.display(),
+            stderr(&out)
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ok:"));
+    };
+
+    // Tampered: a byte of the signature flipped.
+    let mut bytes = fs::read(&newer).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x5a;
+    let tampered = dir.path().join("tampered.raucb");
+    fs::write(&tampered, &bytes).unwrap();
+    refused(&tampered, "not signed by a key this speaker trusts");
+
+    // Signed by someone else.
+    let (other_key, other_cert) = key_pair(dir.path(), "someone-else");
+    check(
+        make_bundle(
+            dir.path(),
+            "99.0.0",
+            "other",
+            Some((&other_key, &other_cert)),
+        ),
+        "make-bundle",
+    );
+    refused(
+        &dir.path().join("other/pispeaker-99.0.0-armhf.raucb"),
+        "signature verification failed",
+    );
+
+    // Truncated.
+    let bytes = fs::read(&newer).unwrap();
+    let truncated = dir.path().join("truncated.raucb");
+    fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&truncated, "damaged or incomplete");
+
+    // Older than what runs.
+    check(
+        make_bundle(dir.path(), "0.0.1", "old", Some((&key, &cert))),
+        "make-bundle",
+    );
+    refused(
+        &dir.path().join("old/pispeaker-0.0.1-armhf.raucb"),
+        &format!("older than the running {running}"),
+    );
+
+    // For another device or architecture.
+    refused(
+        &foreign_bundle(dir.path(), &key, &cert),
+        "another device or architecture",
+    );
+}
