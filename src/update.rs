@@ -145,6 +145,8 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         || has("squashfs")
     {
         "the bundle file is damaged or incomplete (an interrupted download?). Download it again and check its size"
+    } else if has("/dev/mapper/control") || has("Failed mounting bundle") {
+        "this kernel cannot mount the verity bundle (it needs device-mapper with dm-verity, loop and squashfs); the SD image's kernel has them, so this is not the speaker's own system"
     } else if has("Compatible mismatch") {
         "the bundle is for another device or architecture; use the armhf bundle"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
@@ -243,23 +245,38 @@ pub fn check(opts: &Options) -> Result<BundleInfo, String> {
     Ok(info)
 }
 
-/// Runs `rauc install`, passing its progress through and keeping its messages for the hint.
+/// Runs `rauc install`, passing its progress through and keeping its messages for the hint
+/// (the RAUC 1.8 client prints progress and `LastError:` on stdout, its own errors on stderr).
 fn install(opts: &Options) -> Result<(), String> {
     let mut child = Command::new("rauc")
         .args(install_args(opts))
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run rauc ({e}); install it with 'apt-get install rauc'"))?;
+    let stderr_reader = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    });
     let mut messages = String::new();
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = std::io::stderr().flush();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
             messages.push_str(&line);
             messages.push('\n');
         }
+    }
+    if let Some(reader) = stderr_reader {
+        messages.push_str(&reader.join().unwrap_or_default());
     }
     let status = child
         .wait()
@@ -439,6 +456,10 @@ mod tests {
             (
                 include_str!("../tests/fixtures/rauc/install-no-service.stderr"),
                 "RAUC service is not running",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/install-no-dm-verity.stdout"),
+                "cannot mount the verity bundle",
             ),
         ] {
             assert!(failure_hint(fixture).contains(want), "{fixture}");
