@@ -18,4 +18,5 @@ pub mod state;
 pub mod status;
 pub mod systemd;
 pub mod update;
+pub mod update_status;
 pub mod web;
