@@ -6,9 +6,24 @@
 //! daemon starts again. The interpretation is pure and tested against output captured from the
 //! real RAUC 1.8 service (`tests/fixtures/rauc/status-*.json`).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// What the daemon read at start. A process-wide cell rather than one more parameter through the
+/// status server's layers: it is written once, at start, and never changes until the next boot.
+static CURRENT: OnceLock<Value> = OnceLock::new();
+
+/// Makes `summary` the page's `update` object (the first call wins).
+pub fn publish(summary: Value) {
+    let _ = CURRENT.set(summary);
+}
+
+/// The page's `update` object, once the daemon has read it.
+pub fn current() -> Option<&'static Value> {
+    CURRENT.get()
+}
 
 /// One slot as RAUC 1.8 reports it (src/main.c r_status_formatter_json: "slots" is an array of
 /// one-key objects, slot name → fields; "slot_status" only with --detailed).

@@ -99,7 +99,7 @@ fn firmware_boots(boot: &Path) -> String {
     let prefix = config
         .lines()
         .filter_map(|l| l.strip_prefix("os_prefix="))
-        .last()
+        .next_back()
         .expect("config.txt names a slot");
     for line in CONFIG.lines().filter(|l| !l.starts_with("os_prefix=")) {
         assert!(
