@@ -313,6 +313,21 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
                         && step == "renamed"
                         && state["config.txt"] != before["config.txt"];
                     assert_eq!(slot, if switched { to } else { from }, "{file}:{step}");
+                    // A new slot never boots without its tries armed: otherwise a slot that
+                    // never becomes ready would be booted for ever.
+                    if switched {
+                        let state = String::from_utf8_lossy(
+                            state
+                                .get("pispeaker-slots.txt")
+                                .map(Vec::as_slice)
+                                .unwrap_or(b""),
+                        )
+                        .into_owned();
+                        assert!(
+                            state.lines().any(|l| l == format!("{to}=try:3")),
+                            "{file}:{step}: slot {to} boots without tries:\n{state}"
+                        );
+                    }
                     // The script runs again on this card (RAUC retries the install): it
                     // completes, whatever the leftover temporary file holds.
                     ok(boot, &["set-primary", to]);
