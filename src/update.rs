@@ -187,16 +187,42 @@ pub fn install_args(opts: &Options) -> Vec<OsString> {
     vec!["install".into(), opts.source.clone().into()]
 }
 
-/// rauc's reason without its informational chatter (`rauc-Message:` lines, curl's `*` lines).
+/// rauc's reason without its informational chatter (`rauc-Message:` lines, curl's verbose
+/// `*`/`>`/`<` lines and the request headers after them): the error lines when there are any.
 fn reason(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.starts_with("rauc-Message:") && !l.starts_with("* ") && !l.is_empty())
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("rauc-Message:")
+                && !l.starts_with("* ")
+                && !l.starts_with("> ")
+                && !l.starts_with("< ")
+        })
         .collect();
-    if lines.is_empty() {
-        stderr.trim().to_string()
-    } else {
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            [
+                "fail",
+                "Fail",
+                "error",
+                "Error",
+                "Invalid",
+                "No such file",
+                "exceeds",
+            ]
+            .iter()
+            .any(|word| l.contains(word))
+        })
+        .collect();
+    if !errors.is_empty() {
+        errors.join("\n")
+    } else if !lines.is_empty() {
         lines.join("\n")
+    } else {
+        stderr.trim().to_string()
     }
 }
 
@@ -458,6 +484,10 @@ mod tests {
                 "RAUC service is not running",
             ),
             (
+                include_str!("../tests/fixtures/rauc/info-url-too-large.stderr"),
+                "run 'pispeaker update FILE'",
+            ),
+            (
                 include_str!("../tests/fixtures/rauc/install-no-dm-verity.stdout"),
                 "cannot mount the verity bundle",
             ),
@@ -469,6 +499,13 @@ mod tests {
         assert_eq!(
             shown,
             "signature verification failed: Verify error: self-signed certificate"
+        );
+        let shown = reason(include_str!(
+            "../tests/fixtures/rauc/info-url-too-large.stderr"
+        ));
+        assert_eq!(
+            shown,
+            "Failed to download bundle http://127.0.0.1:35993/pispeaker-99.0.0-armhf.raucb: Transfer failed: Maximum file size exceeded"
         );
     }
 

@@ -436,3 +436,81 @@ fn update_check_accepts_a_newer_signed_bundle_and_refuses_the_rest_with_what_to_
         "another device or architecture",
     );
 }
+
+/// Serves `body` at any path over HTTP/1.0 (one response per connection), for rauc's curl.
+fn serve(body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn update_check_passes_a_url_to_rauc() {
+    if !have_rauc() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = key_pair(dir.path(), "release");
+    check(
+        make_bundle(dir.path(), "99.0.0", "new", Some((&key, &cert))),
+        "make-bundle",
+    );
+    let bytes = fs::read(dir.path().join("new/pispeaker-99.0.0-armhf.raucb")).unwrap();
+    let size = bytes.len();
+    let url = format!("http://{}/pispeaker-99.0.0-armhf.raucb", serve(bytes));
+    let run = |conf: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+            .args(["update", "--check-only", "--rauc-conf"])
+            .arg(conf)
+            .arg("--keyring")
+            .arg(&cert)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let out = check(
+        run(&repo().join("image/rauc/system.conf")),
+        "update --check-only URL",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 99.0.0 can be installed"));
+    assert!(stderr(&out).contains("rauc reads it over the network"));
+
+    // Debian's rauc 1.8 downloads a URL (no streaming), up to max-bundle-download-size: a
+    // bundle larger than that is refused with what to do instead.
+    let conf = fs::read_to_string(repo().join("image/rauc/system.conf"))
+        .unwrap()
+        .replace(
+            "[system]\n",
+            &format!("[system]\nmax-bundle-download-size={}\n", size / 2),
+        );
+    let small = dir.path().join("small-download.conf");
+    fs::write(&small, conf).unwrap();
+    let out = run(&small);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    eprintln!("{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run 'pispeaker update FILE'"),
+        "{}",
+        stderr(&out)
+    );
+}
