@@ -341,3 +341,50 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
     }
     println!("power cut: {checked} card states checked, each boots a complete slot");
 }
+
+/// The image mounts the boot partition read-only: a switch remounts it read-write for the write
+/// and leaves it read-only again. A tmpfs mounted read-only (in a private mount namespace, as
+/// root) stands for the FAT partition.
+#[test]
+fn a_read_only_boot_partition_is_remounted_for_the_write_and_back() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to mount");
+        return;
+    }
+    let boot = boot_partition();
+    let mnt = boot.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "set -e
+        mount -t tmpfs none {mnt}
+        cp -r {src}/config.txt {src}/slotA {src}/slotB {mnt}/
+        mount -o remount,ro {mnt}
+        if touch {mnt}/probe 2>/dev/null; then echo 'not read-only'; exit 1; fi
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} set-primary B
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} set-state B good
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} get-primary
+        cat {mnt}/pispeaker-slots.txt
+        if touch {mnt}/probe 2>/dev/null; then echo 'left read-write'; exit 1; fi
+        awk -v m={mnt} '$2 == m {{ print $4 }}' /proc/mounts",
+        mnt = mnt.display(),
+        src = boot.path().display(),
+        slot = script().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("B\n"), "{stdout}");
+    assert!(stdout.contains("B=good"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("ro") || stdout.contains("\nro,"),
+        "{stdout}"
+    );
+}
