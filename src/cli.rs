@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigArgs, ConfigError};
 use crate::connect::drop_test::{self, DropTestOptions};
-use crate::{board, board_overlay, boot_config, boot_password, daemon, logging, system_settings};
+use crate::{
+    board, board_overlay, boot_config, boot_password, daemon, logging, system_settings, update,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +110,21 @@ enum Command {
         #[arg(long)]
         restart_services: bool,
     },
+    /// SD image: install a signed update bundle (a file, or an http(s) URL rauc reads) into
+    /// the other root slot; it runs after the next reboot
+    Update {
+        /// The bundle, pispeaker-<version>-armhf.raucb, or its URL
+        source: String,
+        /// Only check that the bundle is signed, for this speaker and newer; install nothing
+        #[arg(long)]
+        check_only: bool,
+        /// RAUC's configuration (compatible string and trusted keyring)
+        #[arg(long, default_value = update::DEFAULT_SYSTEM_CONF)]
+        rauc_conf: PathBuf,
+        /// Trust this certificate instead of the keyring in the RAUC configuration
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+    },
     /// Jellyfin tools
     Jellyfin {
         #[command(subcommand)]
@@ -198,6 +215,22 @@ pub fn main() -> ExitCode {
             remount: remount.clone(),
         });
     }
+    // An update must work when the speaker's configuration is broken: it may be the fix.
+    if let Some(Command::Update {
+        source,
+        check_only,
+        rauc_conf,
+        keyring,
+    }) = &cli.command
+    {
+        return update::run(&update::Options {
+            source: source.clone(),
+            conf: rauc_conf.clone(),
+            keyring: keyring.clone(),
+            check_only: *check_only,
+            running_version: update::RUNNING_VERSION.to_string(),
+        });
+    }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => return config_error(&e),
@@ -250,7 +283,8 @@ pub fn main() -> ExitCode {
         Some(Command::BootConfig { .. })
         | Some(Command::BoardOverlay { .. })
         | Some(Command::AdoptPassword { .. })
-        | Some(Command::ApplySystem { .. }) => {
+        | Some(Command::ApplySystem { .. })
+        | Some(Command::Update { .. }) => {
             ExitCode::SUCCESS // handled above
         }
     }

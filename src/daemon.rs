@@ -290,6 +290,15 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
                     .boot_config_report
                     .as_deref()
                     .and_then(crate::boot_config::read_report);
+                // On the SD image (it sets the boot-config report), the A/B update fields, read
+                // from the RAUC service beside start-up rather than before it.
+                if config.status.boot_config_report.is_some() {
+                    tokio::spawn(async {
+                        if let Some(summary) = crate::update_status::read().await {
+                            crate::update_status::publish(summary);
+                        }
+                    });
+                }
                 tokio::spawn(status::serve_with_web(
                     listener,
                     control.clone(),

@@ -19,4 +19,6 @@ pub mod state;
 pub mod status;
 pub mod system_settings;
 pub mod systemd;
+pub mod update;
+pub mod update_status;
 pub mod web;
