@@ -256,6 +256,10 @@ impl WebApp {
     }
 
     fn now(&self) -> Response<Body> {
+        // The id first: every event up to it was published after its state changed, so the
+        // states read below are at least that new, and a page that has already shown a later
+        // event knows this answer is older than what it shows (app.js asks again).
+        let last_event_id = self.hub.last_id();
         let status = self.sources.spotify.control.status();
         // The mixer is the truth; the status follows it at the supervisor's next tick when no
         // session carries the volume.
@@ -273,7 +277,7 @@ impl WebApp {
                 "percent": percent(volume),
                 "spotify": status.spotify,
                 "jellyfin": *self.jellyfin.borrow(),
-                "last_event_id": self.hub.last_id(),
+                "last_event_id": last_event_id,
             }),
         )
     }

@@ -48,15 +48,29 @@ function showNow(n) {
   showJellyfin(n.jellyfin);
 }
 
+// The newest event id the page has shown. An /api/now answer read before it (its
+// `last_event_id` is smaller) is older than what the page shows: asking again beats showing it
+// (a refresh started by one event can be answered after the next event, e.g. a `jellyfin`
+// pairing code right after a `settings` change, and would put the old state back).
+let seen = 0;
+
 async function refresh() {
-  try { showNow(await api("GET", "/api/now")); } catch (e) { $("conn").textContent = e.message; }
+  try {
+    for (let tries = 0; tries < 5; tries++) {
+      const n = await api("GET", "/api/now");
+      if (!(n.last_event_id < seen)) { showNow(n); return; }
+    }
+  } catch (e) { $("conn").textContent = e.message; }
 }
 
 function listen() {
   const es = new EventSource("/api/events");
   es.onopen = () => { $("conn").textContent = "live"; };
   es.onerror = () => { $("conn").textContent = "reconnecting…"; };
-  const on = (kind, f) => es.addEventListener(kind, (m) => f(JSON.parse(m.data)));
+  const on = (kind, f) => es.addEventListener(kind, (m) => {
+    seen = Math.max(seen, Number(m.lastEventId) || 0);
+    f(JSON.parse(m.data));
+  });
   for (const k of ["playing", "paused", "stopped", "track", "source", "seeked"]) on(k, refresh);
   on("volume", (d) => showVolume(d.percent));
   on("jellyfin", showJellyfin);
