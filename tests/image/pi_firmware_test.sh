@@ -2,7 +2,7 @@
 # Checks tests/image/pi_firmware.sh against a small hand-made SD card whose config.txt uses what
 # the image's (and issue 14's A/B slots') config.txt may use: include, os_prefix=, [tryboot],
 # model filters, [none], kernel=/initramfs, cmdline.txt and dtoverlay= applied in order with
-# fdtoverlay. Seconds, no emulator; tests/image_boot_pi.sh runs it before it boots.
+# fdtoverlay. Seconds, no emulator; scripts/test.sh runs it before tests/image_boot_pi.sh.
 #
 #   bash tests/image/pi_firmware_test.sh
 set -euo pipefail
