@@ -16,6 +16,8 @@
 #   --cache DIR        PISPEAKER_IMAGE_CACHE      where the package-only root file system is kept
 #                                                 between runs (default image/cache)
 #   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
+#   --deb FILE         PISPEAKER_IMAGE_DEB        use this armhf .deb instead of building one
+#                                                 (scripts/cross-armv7.sh deb makes it)
 #   --keep-work                                   keep the unpacked trees (for debugging)
 #   --host-tools                                  only install the host tools (step 1), then stop
 #   --base-only                                   only build the cached root file system (steps 1
@@ -33,6 +35,7 @@ MIRROR=${PISPEAKER_IMAGE_MIRROR:-http://deb.debian.org/debian}
 OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
 CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
 NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
+DEB=${PISPEAKER_IMAGE_DEB:-}
 KEEP_WORK=""
 ONLY=""
 APT_LINES=()
@@ -46,10 +49,11 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --cache) CACHE=$2; shift 2 ;;
     --no-cache) NO_CACHE=1; shift ;;
+    --deb) DEB=$2; shift 2 ;;
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -108,6 +112,10 @@ printf '  %s\n' "${APT_LINES[@]}"
 step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
 if [ "$ONLY" = base ]; then
   echo "skipped (--base-only)"
+elif [ -n "$DEB" ]; then
+  [ -s "$DEB" ] && [ "$(dpkg-deb -f "$DEB" Architecture 2>/dev/null)" = armhf ] || die "--deb $DEB is not an armhf .deb"
+  VERSION=$(dpkg-deb -f "$DEB" Version)
+  echo "$DEB (version $VERSION, given with --deb: not rebuilt)"
 else
   bash scripts/cross-armv7.sh deb >/tmp/pispeaker-image-deb.log 2>&1 \
     || { tail -n 40 /tmp/pispeaker-image-deb.log >&2; die "the armv7 build failed (full log: /tmp/pispeaker-image-deb.log)"; }

@@ -106,7 +106,12 @@ if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
   sed 's/^/  base: /' /tmp/pispeaker-image-base.log | grep -E 'base: (==>|root file system built|reusing)' || true
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash image/build.sh 2>&1 | tee /tmp/pispeaker-image.log
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot.sh 2>&1 | tee /tmp/pispeaker-image-boot.log
-  image_passed=$(grep -c '^ok: ' /tmp/pispeaker-image-boot.log || true)
+  # The Pi's own boot path: the firmware's choices from config.txt (checked on a hand-made card
+  # first, then taken from the image) and a boot on qemu's raspi2b machine.
+  step "SD image: the Pi's boot path (tests/image/pi_firmware_test.sh, tests/image_boot_pi.sh on raspi2b)"
+  bash tests/image/pi_firmware_test.sh 2>&1 | tee /tmp/pispeaker-image-firmware.log
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot_pi.sh 2>&1 | tee /tmp/pispeaker-image-boot-pi.log
+  image_passed=$(cat /tmp/pispeaker-image-boot.log /tmp/pispeaker-image-firmware.log /tmp/pispeaker-image-boot-pi.log | grep -c '^ok: ' || true)
 fi
 
 echo

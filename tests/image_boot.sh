@@ -3,8 +3,8 @@
 #
 #   sudo bash tests/image_boot.sh [image/out/pispeaker-<ver>-armhf.img.xz]
 #
-# A throw-away copy of the image boots on qemu's `virt` machine (the Pi's own machine models do
-# not reach multi-user under emulation) with the image's own kernel, initrd and root file system
+# A throw-away copy of the image boots on qemu's `virt` machine (virtio: fast, and the checks
+# below need it; tests/image_boot_pi.sh takes the Pi's own boot path on `raspi2b`) with the image's own kernel, initrd and root file system
 # and an emulated USB audio device, so the guest has a real ALSA card with a hardware volume
 # control (snd-usb-audio), like a USB DAC. On that copy only, the boot partition's
 # pispeaker.toml gets a test name and one invalid value, and a probe script (tests/image/
@@ -157,6 +157,7 @@ probe_all "journal " | sed 's/^/  /'
 [ "$(probe state=)" = active ] || die "pispeaker.service did not reach READY (state $(probe state=))"
 ready_us=$(probe ready_us=)
 pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started (host wall time to the probe's end: $(( $(date +%s) - started )) s)"
+echo "FIGURE boot-to-READY on virt (emulated, TCG): $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started"
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"

@@ -70,6 +70,9 @@ check_merged() { # merged.dtb overlay-name preset-name
     done
   done
   [ -z "$holders" ] || { fail "$what: GPIO 18-21 also claimed by$holders"; return; }
+  # A DAI phandle names a node with #sound-dai-cells (0 here): upstream's i2s node has none of
+  # its own, and without it simple-audio-card fails to parse the card.
+  [ "$(fdtget -t u "$dtb" "$i2s" '#sound-dai-cells' 2>/dev/null)" = 0 ] || { fail "$what: the i2s node has no #sound-dai-cells = <0>"; return; }
   cpu=$(fdtget -t x "$dtb" /pispeaker-sound/simple-audio-card,cpu sound-dai)
   [ "$cpu" = "$(phandle "$dtb" "$i2s")" ] || { fail "$what: the card's CPU DAI is not the I2S controller"; return; }
   codec=$(fdtget -t x "$dtb" /pispeaker-sound/simple-audio-card,codec sound-dai)
