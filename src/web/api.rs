@@ -29,7 +29,7 @@ use super::auth::{Auth, AuthError, Caller, COOKIE};
 use super::bridge::percent;
 use super::events::{parse_last_id, EventHub};
 use super::settings::SettingsFile;
-use crate::audio::MAX_VOLUME;
+use crate::audio::{LiveAudio, MAX_VOLUME};
 use crate::config::Config;
 use crate::jellyfin::JellyfinState;
 use crate::source::{SourceCommand, Sources};
@@ -53,6 +53,8 @@ pub struct WebApp {
     pub settings: Arc<SettingsFile>,
     /// The effective configuration: the daemon's appliers watch it.
     pub config: Arc<watch::Sender<Config>>,
+    /// The audio side: a new board, device or curve is switched to at once.
+    pub audio: Arc<LiveAudio>,
     pub reload: Reload,
     pub jellyfin: watch::Receiver<JellyfinState>,
     /// Comment lines on an idle event stream, so the browser notices a dead connection.
@@ -269,6 +271,7 @@ impl WebApp {
                 "percent": percent(volume),
                 "spotify": status.spotify,
                 "jellyfin": *self.jellyfin.borrow(),
+                "audio": *self.audio.state().borrow(),
                 "last_event_id": self.hub.last_id(),
             }),
         )
@@ -334,7 +337,7 @@ impl WebApp {
                 }
                 return Ok(json_response(StatusCode::OK, json!({})));
             }
-            "/api/settings" => return Ok(self.change_settings(body)),
+            "/api/settings" => return Ok(self.change_settings(body).await),
             "/api/volume" => {
                 let volume = match (body.get("percent"), body.get("volume")) {
                     (Some(p), _) => match p.as_u64().filter(|p| *p <= 100) {
@@ -422,7 +425,7 @@ impl WebApp {
         }
     }
 
-    fn change_settings(&self, body: &Value) -> Response<Body> {
+    async fn change_settings(&self, body: &Value) -> Response<Body> {
         let changed = match self.settings.apply(body) {
             Ok(changed) => changed,
             Err(e) if e.field.is_empty() => {
@@ -435,23 +438,32 @@ impl WebApp {
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
         };
         let before = self.config.borrow().clone();
+        // The audio side switches now (ALSA opens block: off the async threads). A device that
+        // cannot be opened leaves the old one playing; the setting is kept for the next start
+        // (on the SD image a new HAT's overlay loads only at boot), so it needs a restart.
+        let audio_before = self.audio.state().borrow().clone();
+        let live = self.audio.clone();
+        let spec = crate::live_settings::audio_spec(&config);
+        let switched = tokio::task::spawn_blocking(move || live.switch(spec).is_ok())
+            .await
+            .unwrap_or(false);
         let restart_needed: Vec<&str> = changed
             .iter()
             .map(String::as_str)
-            .filter(|f| matches!(*f, "board" | "volume_ctrl"))
+            .filter(|f| !switched && matches!(*f, "board" | "volume_ctrl"))
             .filter(|f| match *f {
                 "board" => before.board != config.board,
                 _ => before.volume_ctrl != config.volume_ctrl,
             })
             .collect();
+        let audio = self.audio.state().borrow().clone();
         self.config.send_replace(config);
-        self.hub.publish(
-            "settings",
-            json!({ "changed": changed, "restart_needed": restart_needed }),
-        );
-        json_response(
-            StatusCode::OK,
-            json!({ "changed": changed, "restart_needed": restart_needed }),
-        )
+        if audio != audio_before {
+            self.hub.publish("audio", json!(audio));
+        }
+        let answer =
+            json!({ "changed": changed, "restart_needed": restart_needed, "audio": audio });
+        self.hub.publish("settings", answer.clone());
+        json_response(StatusCode::OK, answer)
     }
 }

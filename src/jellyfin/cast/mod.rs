@@ -12,6 +12,7 @@ mod output;
 mod player;
 mod queue;
 mod report;
+mod routed_output;
 mod snapshot;
 mod stream;
 
@@ -19,5 +20,6 @@ pub use decode::{DecodeError, PcmFormat, TrackDecoder};
 pub use output::{AlsaOutput, CaptureOutput, Captured, OutputFactory, PcmOutput};
 pub use player::{spawn, CastCommand, CastHandle, CastSettings, CastStats, PlayRequest};
 pub use queue::{PlayCommand, PlaybackOrder, Queue, QueueItem, RepeatMode};
+pub use routed_output::{RouteOutputBuilder, RoutedOutput};
 pub use snapshot::{CastPlayState, CastStatus, CastStatusCell, FailedItem};
 pub use stream::{HttpSource, StreamSettings};
