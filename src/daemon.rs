@@ -255,6 +255,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         mixer: Some(mixer.clone()),
         mixer_changed: Default::default(),
     };
+    let mixer_changed = sources.mixer_changed.clone();
     // The web app's event bridge subscribes before the sidecar and discovery start.
     let web_app = web.then(|| {
         start_web(
@@ -272,6 +273,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         discovery_parts,
         JellyfinParts {
             cast,
+            mixer_changed,
             control: control.clone(),
             state: jellyfin_state_tx,
             cast_handle: cast_handle_tx,

@@ -73,6 +73,8 @@ pub struct DiscoveryParts {
 /// What the Jellyfin sidecar needs besides the config.
 pub struct JellyfinParts {
     pub cast: Option<cast::CastSettings>,
+    /// The web app's `Sources::mixer_changed`.
+    pub mixer_changed: std::sync::Arc<tokio::sync::Notify>,
     pub control: ControlHandle,
     pub state: watch::Sender<JellyfinState>,
     pub cast_handle: watch::Sender<Option<cast::CastHandle>>,
@@ -113,6 +115,7 @@ fn start_jellyfin(config: &Config, parts: &JellyfinParts) -> Option<Running> {
     let task = tokio::spawn(jellyfin::run(
         config.clone(),
         parts.cast.clone(),
+        parts.mixer_changed.clone(),
         parts.control.clone(),
         parts.state.clone(),
         Some(parts.cast_handle.clone()),

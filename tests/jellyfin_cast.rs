@@ -523,6 +523,7 @@ async fn speaker(options: Options) -> Speaker {
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
         paused_check_in: jellyfin::PAUSED_CHECK_IN,
+        mixer_changed: Default::default(),
         cast: Some(CastSettings {
             output,
             mixer: mixer.clone(),

@@ -488,3 +488,143 @@ async fn a_new_board_or_curve_from_the_web_app_switches_the_audio_while_a_cast_p
         .count();
     assert_eq!(connected, 1);
 }
+
+/// Issue 15: Jellyfin's remote control goes through `Sources`, like the page's buttons: with no
+/// Spotify session (nobody picked the speaker) a volume from the Jellyfin app still sets the
+/// speaker's volume and the web app sees it at once; while a cast plays, a pause from the app
+/// pauses the cast and a volume step moves the one mixer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jellyfin_remote_control_goes_to_whatever_plays() {
+    let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;
+    fake.add_token("tok");
+    let item = "0123456789abcdef0123456789abcdef";
+    fake.add_media(
+        item,
+        Media {
+            bytes: wav(30),
+            content_type: "audio/wav".into(),
+            ..Media::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jellyfin_token"), "tok").unwrap();
+
+    // A stand-in supervisor with no session: every command is refused, as the real one
+    // answers while waiting in discovery (supervisor.rs `wait`: ControlError::NoSession).
+    let (control, mut endpoint) = control::channel(SpeakerStatus::new("Living Room", 30_000));
+    let spotify_commands = Arc::new(Mutex::new(Vec::new()));
+    {
+        let seen = spotify_commands.clone();
+        tokio::spawn(async move {
+            while let Some((command, reply)) = endpoint.commands.recv().await {
+                seen.lock().unwrap().push(command);
+                let _ = reply.send(Err(control::ControlError::NoSession));
+            }
+        });
+    }
+    let mixer: Arc<dyn Mixer> = Arc::new(TestMixer::open(MixerConfig::default()).unwrap());
+    let cell = CastStatusCell::new();
+    let (slot_tx, slot_rx) = watch::channel(None);
+    let sources = Sources {
+        spotify: SpotifySource {
+            control: control.clone(),
+        },
+        cast: Some(Arc::new(CastSource {
+            handle: slot_rx,
+            status: cell.clone(),
+        })),
+        mixer: Some(mixer.clone()),
+        mixer_changed: Default::default(),
+    };
+    let settings = JellyfinSettings {
+        cast: Some(CastSettings {
+            output: CaptureOutput::factory(Arc::new(Mutex::new(Default::default())), Some(1.0)),
+            mixer: mixer.clone(),
+            lock: AudioDeviceLock::new(),
+            stream: StreamSettings::default(),
+            handover_wait: Duration::from_secs(3),
+            progress_every: Duration::from_secs(10),
+            paused_check_in: pispeaker::jellyfin::PAUSED_CHECK_IN,
+            status: cell.clone(),
+        }),
+        request_timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(1),
+        mixer_changed: sources.mixer_changed.clone(),
+        ..JellyfinSettings::from_config(
+            &pispeaker::config::Config {
+                name: "Living Room".into(),
+                cache: dir.path().to_path_buf(),
+                ..Default::default()
+            },
+            fake.url(),
+        )
+    };
+    let (state_tx, state_rx) = watch::channel(JellyfinState::Disabled);
+    let (_shutdown, shutdown) = watch::channel(false);
+    let hub = EventHub::new();
+    // A poll far longer than the test: the volume event can only come from the shared notify.
+    tokio::spawn(bridge::run(
+        hub.clone(),
+        sources.clone(),
+        state_rx,
+        Duration::from_secs(3600),
+        shutdown.clone(),
+    ));
+    tokio::spawn(jellyfin::run_publishing_cast(
+        settings,
+        control,
+        state_tx,
+        Some(slot_tx),
+        shutdown,
+    ));
+    until(Duration::from_secs(30), "the sidecar connected", || {
+        has(&hub, "jellyfin", "state", "connected")
+    })
+    .await;
+
+    // Idle speaker: the app's volume slider still moves the speaker's volume.
+    fake.push(r#"{"MessageType":"GeneralCommand","Data":{"Name":"SetVolume","Arguments":{"Volume":"25"}}}"#);
+    until(Duration::from_secs(10), "the mixer at 25 %", || {
+        mixer.volume() == pispeaker::jellyfin::percent_to_volume(25.0)
+    })
+    .await;
+    until(Duration::from_secs(10), "a volume event", || {
+        events(&hub)
+            .iter()
+            .any(|e| e.kind == "volume" && e.data["percent"] == 25)
+    })
+    .await;
+    // A pause reaches Spotify (which has nothing to pause, and says so).
+    fake.push(r#"{"MessageType":"Playstate","Data":{"Command":"Pause"}}"#);
+    until(Duration::from_secs(10), "Spotify got the pause", || {
+        spotify_commands.lock().unwrap().contains(&Command::Pause)
+    })
+    .await;
+
+    // A cast plays: the same remote commands now reach it.
+    fake.push(&format!(
+        r#"{{"MessageType":"Play","Data":{{"ItemIds":["{item}"],"PlayCommand":"PlayNow","StartIndex":0,"StartPositionTicks":0,"ControllingUserId":"0f0e0d0c0b0a09080706050403020100"}}}}"#
+    ));
+    until(Duration::from_secs(30), "the cast plays", || {
+        sources.active().kind() == SourceKind::Jellyfin
+            && sources.active().now_playing().state == pispeaker::source::PlayState::Playing
+    })
+    .await;
+    let spotify_before = spotify_commands.lock().unwrap().len();
+    fake.push(r#"{"MessageType":"GeneralCommand","Data":{"Name":"VolumeUp"}}"#);
+    until(Duration::from_secs(10), "one step up", || {
+        mixer.volume() > pispeaker::jellyfin::percent_to_volume(25.0)
+    })
+    .await;
+    fake.push(r#"{"MessageType":"Playstate","Data":{"Command":"Pause"}}"#);
+    until(Duration::from_secs(10), "the cast paused", || {
+        sources.active().now_playing().state == pispeaker::source::PlayState::Paused
+    })
+    .await;
+    assert_eq!(
+        spotify_commands.lock().unwrap().len(),
+        spotify_before,
+        "nothing went to Spotify while the cast played"
+    );
+}
