@@ -65,7 +65,7 @@ struct Audio {
     live: Arc<audio::LiveAudio>,
     sink: SinkFactory,
     /// The PCM the Jellyfin cast plays into: the same one as Spotify; none with the null sink.
-    cast_output: Option<jellyfin::cast::OutputFactory>,
+    cast_output: Option<audio::OutputFactory>,
 }
 
 fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, AudioError> {
@@ -91,7 +91,7 @@ fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, 
         )
     })?;
     // Without a sound card at start the cast is not offered (nothing to play it on).
-    let cast_output = has_card.then(|| jellyfin::cast::RoutedOutput::factory(live.route()));
+    let cast_output = has_card.then(|| audio::RoutedOutput::factory(live.route()));
     Ok(Audio {
         live,
         sink,
@@ -235,7 +235,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         output,
         mixer: mixer.clone(),
         lock: device_lock.clone(),
-        stream: jellyfin::cast::StreamSettings::default(),
+        stream: audio::StreamSettings::default(),
         handover_wait: Duration::from_secs(3),
         progress_every: Duration::from_secs(10),
         paused_check_in: jellyfin::PAUSED_CHECK_IN,

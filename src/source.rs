@@ -6,8 +6,9 @@
 //! [`Source`], never to a source's own handle, so adding a
 //! source is implementing this trait, not teaching every caller a new handle. Today there are two:
 //! Spotify (over the supervisor's [`ControlHandle`]) and the Jellyfin cast (over its
-//! [`CastHandle`]). The cast's generic parts (HTTP stream, decode, PCM output) still live under
-//! `jellyfin/cast/`; moving them to `audio/` is a later mechanical step.
+//! [`CastHandle`]). Both sit on one audio layer, `crate::audio`: the mixer and the device lock
+//! they share, Spotify's sinks, and the generic parts a decoding source plays through (HTTP
+//! stream, symphonia decode, PCM output), which know neither Spotify nor Jellyfin.
 
 use std::future::Future;
 use std::pin::Pin;

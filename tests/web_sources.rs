@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use librespot_playback::mixer::Mixer;
 use librespot_playback::mixer::MixerConfig;
-use pispeaker::audio::AudioDeviceLock;
+use pispeaker::audio::{AudioDeviceLock, CaptureOutput, StreamSettings};
 use pispeaker::connect::control::{self, Command, SpeakerStatus};
-use pispeaker::jellyfin::cast::{CaptureOutput, CastSettings, CastStatusCell, StreamSettings};
+use pispeaker::jellyfin::cast::{CastSettings, CastStatusCell};
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use pispeaker::source::{CastSource, SourceCommand, SourceKind, Sources, SpotifySource};
 use pispeaker::web::bridge;
@@ -228,7 +228,7 @@ async fn a_cast_takes_over_from_spotify_and_the_commands_follow_it() {
 #[allow(clippy::result_large_err)] // the opener returns the daemon's own AudioError
 async fn a_new_board_or_curve_from_the_web_app_switches_the_audio_while_a_cast_plays() {
     use pispeaker::audio::{open_mixer, AudioSpec, LiveAudio, MixerOpener, MixerSettings};
-    use pispeaker::jellyfin::cast::{Captured, PcmOutput, RoutedOutput};
+    use pispeaker::audio::{Captured, PcmOutput, RoutedOutput};
     use std::collections::HashMap;
 
     let fake = FakeJellyfin::start("127.0.0.1:0", 1.0).await;

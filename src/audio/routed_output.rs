@@ -1,7 +1,7 @@
-//! The cast's output on whatever PCM the [`OutputRoute`] names now.
+//! A [`PcmOutput`] on whatever PCM the [`OutputRoute`] names now (the Jellyfin cast's output).
 //!
-//! A new DAC chosen in the web app while a cast plays: at the next write the old PCM is closed
-//! and the new one opened in the same format, so the cast plays on, on the new device (the old
+//! A new DAC chosen in the web app while a source plays: at the next write the old PCM is closed
+//! and the new one opened in the same format, so it plays on, on the new device (the old
 //! device's buffered tail is dropped with it). With no PCM (no sound card) the audio is paced
 //! and discarded, as Spotify's null sink does.
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::decode::PcmFormat;
 use super::output::{AlsaOutput, CaptureOutput, OutputFactory, PcmOutput};
-use crate::audio::OutputRoute;
+use super::route::OutputRoute;
 
 /// Builds the output for one PCM (or none).
 pub type RouteOutputBuilder = Arc<dyn Fn(Option<String>) -> Box<dyn PcmOutput> + Send + Sync>;
@@ -19,7 +19,7 @@ pub struct RoutedOutput {
     build: RouteOutputBuilder,
     generation: u64,
     inner: Box<dyn PcmOutput>,
-    /// The format the cast opened the device with, while open.
+    /// The format the source opened the device with, while open.
     format: Option<PcmFormat>,
     /// Underruns of the outputs replaced so far.
     earlier_underruns: u64,
@@ -39,7 +39,7 @@ impl RoutedOutput {
         }
     }
 
-    /// The cast's factory: ALSA on the route's PCM, a paced null output without one.
+    /// ALSA on the route's PCM, a paced null output without one.
     pub fn factory(route: OutputRoute) -> OutputFactory {
         let build: RouteOutputBuilder = Arc::new(|pcm| match pcm {
             Some(pcm) => Box::new(AlsaOutput::new(&pcm)) as Box<dyn PcmOutput>,
@@ -64,7 +64,7 @@ impl RoutedOutput {
         self.earlier_underruns += self.inner.underruns();
         let (generation, pcm) = self.route.current();
         log::info!(
-            "the Jellyfin cast now plays into {}",
+            "decoded audio now plays into {}",
             pcm.as_deref().unwrap_or("nothing (no sound card)")
         );
         self.inner = (self.build)(pcm);
@@ -114,7 +114,7 @@ impl PcmOutput for RoutedOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jellyfin::cast::Captured;
+    use crate::audio::Captured;
     use std::collections::HashMap;
     use std::sync::Mutex;
 
