@@ -123,10 +123,18 @@ impl Sink for RoutedSink {
 
     fn stop(&mut self) -> SinkResult<()> {
         self.running = false;
-        self.inner.stop()
+        // librespot's player calls `exit(1)` when `stop` fails (player.rs:1608-1625), which a
+        // device left half-open by a failed switch must not cause; the next start reopens.
+        if let Err(e) = self.inner.stop() {
+            log::warn!("closing the audio device failed ({e}); it is reopened on the next play");
+        }
+        Ok(())
     }
 
     fn write(&mut self, packet: AudioPacket, converter: &mut Converter) -> SinkResult<()> {
+        // The player writes only between its `start` and `stop` (player.rs:1592-1606 starts the
+        // sink before packets flow, player.rs:1839 writes each packet); a write error makes it
+        // pause, which stops the sink (player.rs:1839-1842).
         if self.running && self.out_of_date() {
             // The old device's buffered tail is dropped with it (a few hundred ms at most).
             let _ = self.inner.stop();
@@ -144,7 +152,9 @@ impl Sink for RoutedSink {
 mod tests {
     use super::*;
 
-    /// What the probe sinks saw: (device, event).
+    /// What the probe sinks saw: (device, event). The tests call the sink in the order
+    /// librespot's player does: `start` (player.rs:1592-1606), one `write` per packet
+    /// (player.rs:1839), `stop` on pause (player.rs:1608-1625).
     type Log = Arc<Mutex<Vec<(String, &'static str)>>>;
 
     struct Probe(String, Log);
@@ -221,6 +231,29 @@ mod tests {
                 ("hw:1".to_string(), "stop"),
             ],
             "the null sink was never started"
+        );
+    }
+
+    struct FailingStop;
+    impl Sink for FailingStop {
+        fn stop(&mut self) -> SinkResult<()> {
+            Err(librespot_playback::audio_backend::SinkError::StateChange(
+                "device gone".into(),
+            ))
+        }
+        fn write(&mut self, _: AudioPacket, _: &mut Converter) -> SinkResult<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_stop_never_reaches_the_player() {
+        let route = OutputRoute::new(Some("hw:9".into()));
+        let mut sink = RoutedSink::new(route, Box::new(|_| Box::new(FailingStop) as Box<dyn Sink>));
+        sink.start().unwrap();
+        assert!(
+            sink.stop().is_ok(),
+            "the player would exit(1) on this error"
         );
     }
 }
