@@ -399,6 +399,8 @@ async fn a_new_curve_applies_live_and_a_board_that_cannot_open_keeps_the_old_out
         c.get("/api/settings").await["values"]["board"],
         "hifiberry-dac"
     );
+    let status = c.get("/status.json").await;
+    assert_eq!(status["audio"]["error"], body["audio"]["error"], "{status}");
 
     // One process all along, that started once.
     assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
