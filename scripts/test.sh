@@ -24,8 +24,10 @@ fi
 # Opus with libopus). ffmpeg goes in without its Recommends (a separate apt call): those are
 # desktop and hardware-decoding extras the tests never use, and they make CI slower. chromium
 # (headless) drives the web app in tests/web_browser.rs; fonts-dejavu-core gives it a font.
+# rauc, squashfs-tools and openssl build and check signed update bundles (tests/rauc_bundle.rs);
+# dbus runs a private bus for the RAUC service in tests/rauc_install.rs.
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils chromium fonts-dejavu-core; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils chromium fonts-dejavu-core rauc squashfs-tools openssl dbus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

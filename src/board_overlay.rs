@@ -142,7 +142,10 @@ fn board_from(source: &Path) -> Result<Option<String>, String> {
 }
 
 /// Runs `write` with `mount` writable, if it is a read-only mount; restores read-only after.
-fn with_writable(mount: Option<&Path>, write: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+pub(crate) fn with_writable(
+    mount: Option<&Path>,
+    write: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     let Some(mount) = mount.filter(|m| is_read_only(m)) else {
         return write();
     };

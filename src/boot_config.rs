@@ -11,7 +11,9 @@
 //! - `wpa_supplicant-wlan0.conf` (0600): Wi-Fi country, SSID and passphrase;
 //! - `ssh-enabled` + `authorized_keys`: only when SSH is switched on *and* a key is given (root
 //!   has no password, so SSH without a key could never be used);
-//! - `boot-config.json`: what was applied and every problem, for the status page.
+//! - `boot-config.json`: what was applied and every problem, for the status page;
+//! - with `--system-store` (the image): Wi-Fi and SSH set from the web app fill in what the file
+//!   leaves unset, and `system.json` tells the web app what is in effect (`system_settings`).
 //!
 //! A bad value never stops the speaker: it is reported (journal and status page) and that one
 //! setting falls back to its default. Because the file is read again at every boot, later edits
@@ -29,10 +31,16 @@ use crate::{board, state};
 
 /// Where the image mounts the FAT partition's settings file.
 pub const DEFAULT_SOURCE: &str = "/boot/firmware/pispeaker.toml";
+/// The settings file's name on the boot partition.
+pub const DEFAULT_FILE_NAME: &str = "pispeaker.toml";
 /// Where the runtime files go (a tmpfs: nothing here outlives the boot).
 pub const DEFAULT_OUT_DIR: &str = "/run/pispeaker";
 /// The report file inside the output directory, read by the status page.
 pub const REPORT_FILE: &str = "boot-config.json";
+/// wpa_supplicant's configuration for wlan0 in the output directory (0600: the passphrase).
+pub const WPA_FILE: &str = "wpa_supplicant-wlan0.conf";
+/// Present while SSH is on (`ssh.service` has it as a condition).
+pub const SSH_MARKER: &str = "ssh-enabled";
 
 /// Every key the file may hold, with what it is for (also the message for an unknown key).
 const KEYS: &[(&str, &str)] = &[
@@ -56,6 +64,10 @@ const KEYS: &[(&str, &str)] = &[
     (
         "ssh_authorized_key",
         "the public key allowed to log in as root over SSH",
+    ),
+    (
+        "admin_password",
+        "the web app's password (hashed and taken off the card at boot)",
     ),
 ];
 
@@ -306,7 +318,7 @@ fn check_server(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_country(v: &str) -> Result<String, String> {
+pub(crate) fn check_country(v: &str) -> Result<String, String> {
     let upper = v.to_ascii_uppercase();
     if upper.len() == 2 && upper.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(upper)
@@ -315,7 +327,7 @@ fn check_country(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_ssid(v: &str) -> Result<String, String> {
+pub(crate) fn check_ssid(v: &str) -> Result<String, String> {
     if v.len() > 32 {
         Err("is longer than 32 bytes, the Wi-Fi limit".into())
     } else if v.chars().any(char::is_control) {
@@ -325,7 +337,7 @@ fn check_ssid(v: &str) -> Result<String, String> {
     }
 }
 
-fn check_passphrase(v: &str) -> Result<(), String> {
+pub(crate) fn check_passphrase(v: &str) -> Result<(), String> {
     let hex_psk = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
     if hex_psk || ((8..=63).contains(&v.len()) && v.bytes().all(|b| (32..127).contains(&b))) {
         Ok(())
@@ -337,7 +349,7 @@ fn check_passphrase(v: &str) -> Result<(), String> {
     }
 }
 
-fn check_ssh_key(v: &str) -> Result<String, String> {
+pub(crate) fn check_ssh_key(v: &str) -> Result<String, String> {
     let mut parts = v.split_whitespace();
     let kind = parts.next().unwrap_or_default();
     let body = parts.next().unwrap_or_default();
@@ -362,7 +374,59 @@ pub struct Applied {
 /// Reads `source` (a missing file means "all defaults") and writes the runtime files to `out`.
 /// Only an unwritable output directory is an error.
 pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
-    let (settings, mut problems) = match std::fs::read(source) {
+    apply_with_store(source, out, None)
+}
+
+/// [`apply`], with the Wi-Fi and SSH settings made in the web app (`store`, on the data
+/// partition) filling in what the boot partition leaves unset; then also writes the summary the
+/// web app reads ([`crate::system_settings::SUMMARY_FILE`]).
+pub fn apply_with_store(source: &Path, out: &Path, store: Option<&Path>) -> io::Result<Applied> {
+    let (settings, mut problems) = read_source(source);
+    std::fs::create_dir_all(out)?;
+
+    state::write_atomic_with_mode(&out.join("boot.env"), env_file(&settings).as_bytes(), 0o644)?;
+
+    let merged = match store {
+        Some(store) => {
+            let (stored, problem) = crate::system_settings::read_store(store);
+            problems.extend(problem.map(|message| Problem {
+                key: String::new(),
+                message,
+            }));
+            let merged = crate::system_settings::merge_boot_and_store(&settings, &stored);
+            write_system_files(&merged.settings, out)?;
+            crate::system_settings::write_summary(out, &merged)?;
+            merged.settings
+        }
+        None => {
+            write_system_files(&settings, out)?;
+            settings.clone()
+        }
+    };
+
+    if let Some(hostname) = &settings.hostname {
+        if let Err(e) = set_hostname(hostname) {
+            problems.push(Problem {
+                key: "hostname".into(),
+                message: format!("could not be set ({e}); the image's default stays"),
+            });
+        }
+    }
+
+    let report = Report {
+        source: source.display().to_string(),
+        found: source.exists(),
+        applied: applied_summary(&merged),
+        problems: problems.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other)?;
+    state::write_atomic_with_mode(&out.join(REPORT_FILE), &json, 0o644)?;
+    Ok(Applied { settings, problems })
+}
+
+/// The boot partition's settings and their problems; a missing file means all defaults.
+pub fn read_source(source: &Path) -> (BootSettings, Vec<Problem>) {
+    match std::fs::read(source) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => parse(&text),
             Err(_) => (
@@ -381,18 +445,17 @@ pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
                 message: format!("cannot be read ({e}); all settings use their defaults"),
             }],
         ),
-    };
-    std::fs::create_dir_all(out)?;
+    }
+}
 
-    state::write_atomic_with_mode(&out.join("boot.env"), env_file(&settings).as_bytes(), 0o644)?;
-
-    let wpa = out.join("wpa_supplicant-wlan0.conf");
+/// The Wi-Fi and SSH runtime files for `settings` (removed when unset).
+pub fn write_system_files(settings: &BootSettings, out: &Path) -> io::Result<()> {
+    let wpa = out.join(WPA_FILE);
     match &settings.wifi {
         Some(wifi) => state::write_secret_atomic(&wpa, wpa_conf(wifi).as_bytes())?,
         None => remove_if_present(&wpa)?,
     }
-
-    let ssh_marker = out.join("ssh-enabled");
+    let ssh_marker = out.join(SSH_MARKER);
     let keys = out.join("authorized_keys");
     match &settings.ssh_key {
         Some(key) => {
@@ -404,25 +467,7 @@ pub fn apply(source: &Path, out: &Path) -> io::Result<Applied> {
             remove_if_present(&keys)?;
         }
     }
-
-    if let Some(hostname) = &settings.hostname {
-        if let Err(e) = set_hostname(hostname) {
-            problems.push(Problem {
-                key: "hostname".into(),
-                message: format!("could not be set ({e}); the image's default stays"),
-            });
-        }
-    }
-
-    let report = Report {
-        source: source.display().to_string(),
-        found: source.exists(),
-        applied: applied_summary(&settings),
-        problems: problems.clone(),
-    };
-    let json = serde_json::to_vec_pretty(&report).map_err(io::Error::other)?;
-    state::write_atomic_with_mode(&out.join(REPORT_FILE), &json, 0o644)?;
-    Ok(Applied { settings, problems })
+    Ok(())
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigArgs, ConfigError};
 use crate::connect::drop_test::{self, DropTestOptions};
-use crate::{board, board_overlay, boot_config, daemon, logging};
+use crate::{
+    board, board_overlay, boot_config, boot_password, daemon, logging, system_settings, update,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +56,10 @@ enum Command {
         /// Where the runtime files go
         #[arg(long, default_value = boot_config::DEFAULT_OUT_DIR)]
         out: PathBuf,
+        /// The Wi-Fi and SSH settings made in the web app (they fill what the boot partition
+        /// leaves unset)
+        #[arg(long)]
+        system_store: Option<PathBuf>,
     },
     /// SD image: write the device-tree overlay for pispeaker.toml's board where config.txt
     /// includes it (run at every boot, before the speaker)
@@ -71,6 +77,53 @@ enum Command {
         /// (remembered in this file, on a writable partition)
         #[arg(long)]
         reboot_stamp: Option<PathBuf>,
+    },
+    /// SD image: hash `admin-password` from the boot partition into the web app's password file
+    /// and remove it from the card (run at every boot, as root, before the speaker)
+    AdoptPassword {
+        /// The boot partition's mount point
+        #[arg(long, default_value = "/boot/firmware")]
+        boot: PathBuf,
+        /// The speaker's state directory (the password file gets its owner)
+        #[arg(long, default_value = "/var/lib/pispeaker")]
+        state: PathBuf,
+        /// If this mount point is read-only, remount it read-write for the removal only
+        #[arg(long)]
+        remount: Option<PathBuf>,
+    },
+    /// SD image: apply the Wi-Fi/SSH change the web app requested (run as root by
+    /// pispeaker-apply-system.path when the request appears)
+    ApplySystem {
+        /// The web app's request (taken and removed)
+        #[arg(long, default_value = "/var/lib/pispeaker/system-request.json")]
+        request: PathBuf,
+        /// Where the web app's Wi-Fi and SSH settings are kept (root only)
+        #[arg(long, default_value = system_settings::DEFAULT_STORE)]
+        store: PathBuf,
+        /// The settings file on the boot partition (its Wi-Fi and SSH win)
+        #[arg(long, default_value = boot_config::DEFAULT_SOURCE)]
+        source: PathBuf,
+        /// The boot config's runtime directory
+        #[arg(long, default_value = boot_config::DEFAULT_OUT_DIR)]
+        out: PathBuf,
+        /// Restart Wi-Fi and switch SSH on or off when their files changed
+        #[arg(long)]
+        restart_services: bool,
+    },
+    /// SD image: install a signed update bundle (a file, or an http(s) URL rauc reads) into
+    /// the other root slot; it runs after the next reboot
+    Update {
+        /// The bundle, pispeaker-<version>-armhf.raucb, or its URL
+        source: String,
+        /// Only check that the bundle is signed, for this speaker and newer; install nothing
+        #[arg(long)]
+        check_only: bool,
+        /// RAUC's configuration (compatible string and trusted keyring)
+        #[arg(long, default_value = update::DEFAULT_SYSTEM_CONF)]
+        rauc_conf: PathBuf,
+        /// Trust this certificate instead of the keyring in the RAUC configuration
+        #[arg(long)]
+        keyring: Option<PathBuf>,
     },
     /// Jellyfin tools
     Jellyfin {
@@ -108,8 +161,31 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The boot config runs before the speaker's own config matters (and must work when that is
     // broken), so it does not load it.
-    if let Some(Command::BootConfig { source, out }) = &cli.command {
-        return apply_boot_config(source, out);
+    if let Some(Command::BootConfig {
+        source,
+        out,
+        system_store,
+    }) = &cli.command
+    {
+        return apply_boot_config(source, out, system_store.as_deref());
+    }
+    if let Some(Command::ApplySystem {
+        request,
+        store,
+        source,
+        out,
+        restart_services,
+    }) = &cli.command
+    {
+        return apply_system(
+            &system_settings::Paths {
+                request: request.clone(),
+                store: store.clone(),
+                source: source.clone(),
+                out: out.clone(),
+            },
+            *restart_services,
+        );
     }
     if let Some(Command::BoardOverlay {
         source,
@@ -126,6 +202,34 @@ pub fn main() -> ExitCode {
             },
             reboot_stamp.as_deref(),
         );
+    }
+    if let Some(Command::AdoptPassword {
+        boot,
+        state,
+        remount,
+    }) = &cli.command
+    {
+        return adopt_password(&boot_password::Paths {
+            boot: boot.clone(),
+            state: state.clone(),
+            remount: remount.clone(),
+        });
+    }
+    // An update must work when the speaker's configuration is broken: it may be the fix.
+    if let Some(Command::Update {
+        source,
+        check_only,
+        rauc_conf,
+        keyring,
+    }) = &cli.command
+    {
+        return update::run(&update::Options {
+            source: source.clone(),
+            conf: rauc_conf.clone(),
+            keyring: keyring.clone(),
+            check_only: *check_only,
+            running_version: update::RUNNING_VERSION.to_string(),
+        });
     }
     let config = match config::load(&cli.config) {
         Ok(config) => config,
@@ -176,7 +280,11 @@ pub fn main() -> ExitCode {
             seconds,
             capture,
         }),
-        Some(Command::BootConfig { .. }) | Some(Command::BoardOverlay { .. }) => {
+        Some(Command::BootConfig { .. })
+        | Some(Command::BoardOverlay { .. })
+        | Some(Command::AdoptPassword { .. })
+        | Some(Command::ApplySystem { .. })
+        | Some(Command::Update { .. }) => {
             ExitCode::SUCCESS // handled above
         }
     }
@@ -184,8 +292,8 @@ pub fn main() -> ExitCode {
 
 /// Every problem goes to stderr (the journal) with the file it came from; only an unwritable
 /// output directory is a failure, because the speaker must still start with defaults.
-fn apply_boot_config(source: &Path, out: &Path) -> ExitCode {
-    match boot_config::apply(source, out) {
+fn apply_boot_config(source: &Path, out: &Path, store: Option<&Path>) -> ExitCode {
+    match boot_config::apply_with_store(source, out, store) {
         Ok(applied) => {
             for problem in &applied.problems {
                 if problem.key.is_empty() {
@@ -209,6 +317,94 @@ fn apply_boot_config(source: &Path, out: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: boot config: cannot write {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Applies the web app's Wi-Fi/SSH request and logs the outcome (field names, never a value of
+/// the passphrase). A refused request is reported to the web app, not a unit failure.
+fn apply_system(paths: &system_settings::Paths, restart_services: bool) -> ExitCode {
+    let (outcome, effects) = match system_settings::apply_request(paths) {
+        Ok(Some(done)) => done,
+        Ok(None) => {
+            eprintln!(
+                "system settings: no request at {} (nothing to do)",
+                paths.request.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "error: system settings: cannot apply {}: {e}",
+                paths.request.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match &outcome.error {
+        Some(e) => eprintln!("system settings: refused: {}: {}", e.field, e.message),
+        None if outcome.changed.is_empty() => eprintln!("system settings: nothing changed"),
+        None => eprintln!("system settings: applied {}", outcome.changed.join(", ")),
+    }
+    if restart_services {
+        let mut commands: Vec<[&str; 3]> = Vec::new();
+        if effects.wifi_changed {
+            commands.push(["--no-block", "restart", "wpa_supplicant@wlan0.service"]);
+        }
+        if effects.ssh_changed {
+            let verb = if effects.ssh_on { "restart" } else { "stop" };
+            commands.push(["--no-block", verb, "ssh.service"]);
+        }
+        for args in commands {
+            match std::process::Command::new("systemctl").args(args).status() {
+                Ok(status) if status.success() => {
+                    eprintln!("system settings: systemctl {}", args[1..].join(" "))
+                }
+                Ok(status) => eprintln!(
+                    "system settings: systemctl {} failed ({status}); it applies at the next boot",
+                    args[1..].join(" ")
+                ),
+                Err(e) => eprintln!(
+                    "system settings: cannot run systemctl ({e}); the change applies at the next boot"
+                ),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Logs where a password came from (never the password). A failure to store it leaves the file
+/// on the card for the next boot and exits 1 (the journal shows it); the speaker starts anyway.
+fn adopt_password(paths: &boot_password::Paths) -> ExitCode {
+    let auth = crate::web::auth::Auth::new(&paths.state);
+    match boot_password::adopt(paths, &auth) {
+        Ok(outcomes) => {
+            for outcome in &outcomes {
+                match outcome {
+                    boot_password::Outcome::Adopted { from } => eprintln!(
+                        "admin password: the web app's password is now the one from {}; removed it from the card",
+                        from.display()
+                    ),
+                    boot_password::Outcome::Refused { from, why } => eprintln!(
+                        "admin password: {} not used: {why}; removed it from the card (write a longer one there to try again)",
+                        from.display()
+                    ),
+                }
+            }
+            if outcomes.is_empty() {
+                eprintln!(
+                    "admin password: none on {} (nothing to do)",
+                    paths.boot.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: admin password: cannot store it in {} ({e}); it stays on the card and is tried again at the next boot",
+                paths.state.display()
+            );
             ExitCode::from(1)
         }
     }

@@ -288,6 +288,15 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
                     .boot_config_report
                     .as_deref()
                     .and_then(crate::boot_config::read_report);
+                // On the SD image (it sets the boot-config report), the A/B update fields, read
+                // from the RAUC service beside start-up rather than before it.
+                if config.status.boot_config_report.is_some() {
+                    tokio::spawn(async {
+                        if let Some(summary) = crate::update_status::read().await {
+                            crate::update_status::publish(summary);
+                        }
+                    });
+                }
                 tokio::spawn(status::serve_with_web(
                     listener,
                     control.clone(),
@@ -337,15 +346,9 @@ fn start_web(
     jellyfin: &watch::Receiver<jellyfin::JellyfinState>,
     shutdown: &watch::Receiver<bool>,
 ) -> web::WebApp {
+    // The image's `admin-password` on the FAT partition is adopted before the daemon starts, by
+    // a root unit (`pispeaker adopt-password`): the daemon can neither read nor change the FAT.
     let auth = web::auth::Auth::new(&config.cache);
-    // The image (it sets the boot-config report) may preset the password on the FAT partition.
-    let on_image = config.status.boot_config_report.is_some();
-    if on_image {
-        let boot_file = std::path::Path::new(crate::boot_config::DEFAULT_SOURCE);
-        if let Err(e) = auth.adopt_boot_password(boot_file) {
-            warn!("{e}");
-        }
-    }
     let hub = web::events::EventHub::new();
     tokio::spawn(web::bridge::run(
         hub.clone(),
@@ -362,7 +365,7 @@ fn start_web(
         settings: Arc::new(web::settings::SettingsFile::from_args(
             args,
             &config.cache,
-            on_image,
+            config.status.boot_config_report.as_deref(),
         )),
         config: Arc::new(config_tx),
         audio: live_audio,

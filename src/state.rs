@@ -17,6 +17,18 @@ pub fn write_secret_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Writes `contents` to `path` atomically with the given permission bits.
 pub fn write_atomic_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// Like [`write_atomic_with_mode`], and the file belongs to `owner` (uid, gid) from the moment
+/// it appears under its name: a root tool writing into a service's state directory hands the
+/// file to the service (chown before the rename, so no reader ever sees it root-owned).
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
     let dir = parent_dir(path);
     let file_name = path
         .file_name()
@@ -27,14 +39,24 @@ pub fn write_atomic_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Re
     let tmp_path = dir.join(&tmp_name);
     remove_stale_temp_files(dir, file_name);
 
+    if owner.is_some() {
+        // A root writer in someone else's directory: never follow a link planted at the
+        // temporary name, and never reuse a file that is already there.
+        let _ = fs::remove_file(&tmp_path);
+    }
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
+            .create_new(owner.is_some())
             .truncate(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp_path)?;
         fault::point(fault::Step::Created)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         let half = contents.len() / 2;
         file.write_all(&contents[..half])?;
         fault::point(fault::Step::HalfWritten)?;

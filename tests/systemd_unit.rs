@@ -86,6 +86,20 @@ fn unit_has_the_promised_settings() {
     }
 }
 
+/// The SD image's own units (image/rootfs/etc/systemd/system).
+const IMAGE_UNITS: &[&str] = &[
+    "pispeaker-boot-config.service",
+    "pispeaker-board-overlay.service",
+    "pispeaker-adopt-password.service",
+    "pispeaker-apply-system.path",
+    "pispeaker-apply-system.service",
+];
+
+fn image_unit(name: &str) -> String {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/systemd/system");
+    std::fs::read_to_string(units.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// The SD image's own boot units (image/rootfs): systemd must accept them as written.
 #[test]
 fn image_units_verify_clean() {
@@ -93,12 +107,12 @@ fn image_units_verify_clean() {
     let binary = env!("CARGO_BIN_EXE_pispeaker");
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rootfs/etc/systemd/system");
     let mut copies = Vec::new();
-    for name in [
-        "pispeaker-boot-config.service",
-        "pispeaker-board-overlay.service",
-    ] {
+    for name in IMAGE_UNITS {
         let unit = std::fs::read_to_string(units.join(name)).unwrap();
-        assert!(unit.contains("ExecStart=/usr/bin/pispeaker "), "{name}");
+        assert!(
+            unit.contains("ExecStart=/usr/bin/pispeaker ") || name.ends_with(".path"),
+            "{name}"
+        );
         let copy = dir.path().join(name);
         std::fs::write(
             &copy,
@@ -115,7 +129,91 @@ fn image_units_verify_clean() {
     let (_, text) = systemd_analyze(&args);
     let ours: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("pispeaker-boot") || l.contains("pispeaker-board"))
+        .filter(|l| {
+            IMAGE_UNITS
+                .iter()
+                .any(|u| l.contains(u.split('.').next().unwrap_or(u)))
+        })
         .collect();
     assert!(ours.is_empty(), "systemd-analyze verify complains:\n{text}");
+}
+
+/// Each image unit's `ExecStart=` is a command line the binary accepts (a renamed flag would
+/// otherwise only show on a booted card), and each is enabled by the image build.
+#[test]
+fn image_units_run_commands_the_binary_knows_and_are_enabled() {
+    let customize =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("image/customize.sh"))
+            .unwrap();
+    for name in IMAGE_UNITS {
+        let unit = image_unit(name);
+        if name.ends_with(".service") {
+            let line = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/pispeaker "))
+                .unwrap_or_else(|| panic!("{name}: no ExecStart"));
+            let mut args: Vec<&str> = line.split_whitespace().collect();
+            args.push("--help");
+            let out = Command::new(env!("CARGO_BIN_EXE_pispeaker"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: pispeaker {} refused:\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The apply service is started by its .path unit only.
+        if *name != "pispeaker-apply-system.service" {
+            assert!(
+                customize.contains(name),
+                "image/customize.sh does not enable {name}"
+            );
+        }
+    }
+}
+
+/// The root helpers the daemon relies on: the password is adopted before the speaker starts,
+/// the apply unit is triggered by the daemon's request file and confined to the files it writes.
+#[test]
+fn image_root_helpers_are_ordered_and_confined() {
+    let adopt = image_unit("pispeaker-adopt-password.service");
+    for needle in [
+        "Before=sysinit.target pispeaker-boot-config.service pispeaker.service",
+        "RequiresMountsFor=/boot/firmware /var/lib/pispeaker",
+        "PrivateMounts=yes",
+        "--remount /boot/firmware",
+        "PrivateNetwork=yes",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(adopt.contains(needle), "adopt-password lacks {needle:?}");
+    }
+    let path = image_unit("pispeaker-apply-system.path");
+    assert!(path.contains("PathExists=/var/lib/pispeaker/system-request.json"));
+    assert!(path.contains("Unit=pispeaker-apply-system.service"));
+    let apply = image_unit("pispeaker-apply-system.service");
+    for needle in [
+        "--request /var/lib/pispeaker/system-request.json",
+        "--out /run/pispeaker",
+        "--restart-services",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/pispeaker /data /run/pispeaker",
+        "PrivateNetwork=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+        "NoNewPrivileges=yes",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(apply.contains(needle), "apply-system lacks {needle:?}");
+    }
+    let boot = image_unit("pispeaker-boot-config.service");
+    assert!(
+        boot.contains("--system-store /data/pispeaker-system/settings.toml"),
+        "the boot config merges what the web app stored"
+    );
+    assert!(apply.contains("--store /data/pispeaker-system/settings.toml"));
+    // The daemon itself stays unprivileged.
+    let daemon = std::fs::read_to_string(UNIT).unwrap();
+    assert!(daemon.contains("User=pispeaker") && daemon.contains("CapabilityBoundingSet=\n"));
 }

@@ -102,10 +102,23 @@ type Ws =
 struct Cdp {
     ws: Ws,
     next_id: u64,
+    /// Logs whose ends go into a timeout's message (the daemon's, chromium's).
+    logs: Vec<PathBuf>,
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(path: &PathBuf, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {} (last {lines} lines) ---\n{}",
+        path.display(),
+        all[all.len().saturating_sub(lines)..].join("\n")
+    )
 }
 
 impl Cdp {
-    async fn connect() -> Cdp {
+    async fn connect(logs: Vec<PathBuf>) -> Cdp {
         // The page target chromium opened at start.
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = loop {
@@ -129,7 +142,11 @@ impl Cdp {
         let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .expect("DevTools WebSocket");
-        Cdp { ws, next_id: 1 }
+        Cdp {
+            ws,
+            next_id: 1,
+            logs,
+        }
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -137,10 +154,12 @@ impl Cdp {
         self.next_id += 1;
         let text = json!({"id": id, "method": method, "params": params}).to_string();
         self.ws.send(Message::Text(text.into())).await.unwrap();
+        // One deadline for the answer: events chromium sends meanwhile do not extend it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("{method}: no answer within 60 s"))
+                .unwrap_or_else(|_| panic!("{method}: no answer within 60 s\n{}", self.logs()))
                 .expect("DevTools socket open")
                 .unwrap();
             let Message::Text(text) = message else {
@@ -175,11 +194,20 @@ impl Cdp {
             let page = self.eval("document.body.innerText").await;
             assert!(
                 start.elapsed() < Duration::from_secs(90),
-                "timed out waiting for {what}; the page says:\n{page}"
+                "timed out waiting for {what}; the page says:\n{page}\n{}",
+                self.logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         start.elapsed()
+    }
+
+    fn logs(&self) -> String {
+        self.logs
+            .iter()
+            .map(|p| tail(p, 30))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn screenshot(&mut self, name: &str) {
@@ -253,7 +281,16 @@ fn set_up_and_control_the_speaker_from_a_browser() {
             .block_on(browser_session());
     })
     .join()
-    .expect("the browser session");
+    .unwrap_or_else(|payload| {
+        // The session's own message, here at the end of the output where CI's summary shows it
+        // (the first panic's message scrolls away behind its backtrace).
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        panic!("the browser session failed: {why}")
+    });
 }
 
 async fn browser_session() {
@@ -286,6 +323,8 @@ async fn browser_session() {
     }
 
     let profile = dir.path().join("chromium");
+    let chromium_log_path = dir.path().join("chromium.log");
+    let chromium_log = std::fs::File::create(&chromium_log_path).unwrap();
     let _chromium = spawn_group(
         Command::new("chromium")
             .args([
@@ -294,15 +333,18 @@ async fn browser_session() {
                 "--disable-gpu",
                 "--no-first-run",
                 "--disable-extensions",
+                // /dev/shm may be small on a CI machine; chromium then writes its shared memory
+                // to /tmp instead of failing renderers.
+                "--disable-dev-shm-usage",
                 "--window-size=412,915",
                 &format!("--remote-debugging-port={DEVTOOLS_PORT}"),
                 &format!("--user-data-dir={}", profile.display()),
                 "about:blank",
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stdout(chromium_log.try_clone().unwrap())
+            .stderr(chromium_log),
     );
-    let mut cdp = Cdp::connect().await;
+    let mut cdp = Cdp::connect(vec![log_path.clone(), chromium_log_path]).await;
     cdp.call("Page.enable", json!({})).await;
     let url = format!("http://{SPEAKER_ADDR}:{STATUS_PORT}/");
     cdp.call("Page.navigate", json!({"url": url})).await;
@@ -339,8 +381,37 @@ async fn browser_session() {
         .await;
     cdp.screenshot("web-2-settings.png").await;
 
-    // 2. Rename: getInfo answers the new name (discovery restarted with it).
-    cdp.set_value("s-name", "Browser Named").await;
+    // 2. Rename: getInfo answers the new name (discovery restarted with it). The name is typed
+    // while a reload of the settings is on its way, held until after the typing: a `settings`
+    // event follows every save, and on a loaded CI machine its reload landed after the test had
+    // typed the next change and put the old values back (the change was then saved as "off").
+    let kept = cdp
+        .eval(
+            r#"(async () => {
+                const realFetch = window.fetch;
+                let release;
+                const held = new Promise((r) => { release = r; });
+                window.fetch = async (...args) => {
+                    const answer = await realFetch(...args);
+                    const get = !args[1] || !args[1].method || args[1].method === "GET";
+                    if (get && String(args[0]).endsWith("/api/settings")) await held;
+                    return answer;
+                };
+                const reload = loadSettings();
+                const e = document.getElementById("s-name");
+                e.value = "Browser Named";
+                e.dispatchEvent(new Event("input", {bubbles: true}));
+                release();
+                await reload;
+                window.fetch = realFetch;
+                return e.value;
+            })()"#,
+        )
+        .await;
+    assert_eq!(
+        kept, "Browser Named",
+        "a settings reload that arrived while the user typed put the old value back"
+    );
     cdp.click("save").await;
     cdp.until(
         "saved",

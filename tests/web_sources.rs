@@ -369,7 +369,7 @@ async fn a_new_board_or_curve_from_the_web_app_switches_the_audio_while_a_cast_p
         settings: Arc::new(pispeaker::web::settings::SettingsFile::from_args(
             &args,
             dir.path(),
-            false,
+            None,
         )),
         config: Arc::new(config_tx),
         audio: live.clone(),

@@ -99,6 +99,39 @@ pub fn render(status: &Value) -> String {
             )
         },
     );
+    // A/B updates (the SD image only).
+    let update = &status["update"];
+    if update.is_object() {
+        line(
+            "running",
+            format!(
+                "{} (slot {})",
+                text(&update["running_version"]),
+                text(&update["booted_slot"])
+            ),
+        );
+        line(
+            "other slot",
+            format!(
+                "{}: {} ({})",
+                text(&update["other_slot"]),
+                text(&update["other_version"]),
+                text(&update["other_boot_status"])
+            ),
+        );
+        let last = &update["last_update"];
+        if last.is_object() {
+            line(
+                "last update",
+                format!(
+                    "{} at {}: {}",
+                    text(&last["version"]),
+                    text(&last["installed_at"]),
+                    text(&last["result"])
+                ),
+            );
+        }
+    }
     line("jellyfin", text(&status["jellyfin"]["state"]));
     // `not_controllable`: what is wrong and what to do (see JellyfinState::NotControllable).
     for key in ["problem", "remedy"] {
@@ -186,6 +219,29 @@ mod tests {
             "spotify": {"state": "connected", "reconnect_count": 0, "last_loss": null, "track": null},
             "jellyfin": {"state": "connected", "server": "http://jf:8096"},
         })
+    }
+
+    #[test]
+    fn update_fields_are_shown_on_the_image_only() {
+        assert!(!render(&base()).contains("other slot"));
+        let mut status = base();
+        status["update"] = crate::update_status::summarize(
+            include_str!("../../tests/fixtures/rauc/status-after-install.json"),
+            "0.1.0",
+        )
+        .unwrap();
+        let text = render(&status);
+        assert!(text.contains("running          0.1.0 (slot A)\n"), "{text}");
+        assert!(
+            text.contains("other slot       B: 0.3.0 (good)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "last update      0.3.0 at 2026-12-04T09:43:44Z: installed; runs after the next reboot\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -268,6 +268,8 @@ pub fn status_json(
         },
         "jellyfin": jellyfin,
         "boot_config": boot_config,
+        // On the SD image: the running version, the other slot's and the last update's result.
+        "update": crate::update_status::current(),
     })
 }
 

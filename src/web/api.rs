@@ -37,6 +37,10 @@ use crate::source::{SourceCommand, Sources};
 /// A response body: whole (JSON, the page) or streamed (events).
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// How long a Wi-Fi/SSH change waits for the image's root unit before answering "applying"
+/// (it takes well under a second on a Pi; the answer then lists the fields still in flight).
+const SYSTEM_WAIT: Duration = Duration::from_secs(15);
+
 /// Largest request body accepted (settings are a few hundred bytes).
 const MAX_BODY: usize = 16 * 1024;
 
@@ -426,8 +430,8 @@ impl WebApp {
     }
 
     async fn change_settings(&self, body: &Value) -> Response<Body> {
-        let changed = match self.settings.apply(body) {
-            Ok(changed) => changed,
+        let (mut changed, submitted) = match self.settings.apply_with_system(body) {
+            Ok(applied) => applied,
             Err(e) if e.field.is_empty() => {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, &e.message)
             }
@@ -447,7 +451,7 @@ impl WebApp {
         let switched = tokio::task::spawn_blocking(move || live.switch(spec).is_ok())
             .await
             .unwrap_or(false);
-        let restart_needed: Vec<&str> = changed
+        let restart_needed: Vec<String> = changed
             .iter()
             .map(String::as_str)
             .filter(|f| !switched && matches!(*f, "board" | "volume_ctrl"))
@@ -455,14 +459,30 @@ impl WebApp {
                 "board" => before.board != config.board,
                 _ => before.volume_ctrl != config.volume_ctrl,
             })
+            .map(str::to_string)
             .collect();
         let audio = self.audio.state().borrow().clone();
         self.config.send_replace(config);
         if audio != audio_before {
             self.hub.publish("audio", json!(audio));
         }
-        let answer =
-            json!({ "changed": changed, "restart_needed": restart_needed, "audio": audio });
+        // Wi-Fi/SSH on the image: the root unit applies them; wait for its word.
+        let mut applying = Vec::new();
+        if let (Some(files), Some(submitted)) = (&self.settings.system, submitted) {
+            match super::system::outcome(files, &submitted.id, SYSTEM_WAIT).await {
+                Some(outcome) => match outcome.error {
+                    Some(e) => return field_error(&e.field, &e.message),
+                    None => changed.extend(outcome.changed),
+                },
+                None => applying = submitted.fields,
+            }
+        }
+        let answer = json!({
+            "changed": changed,
+            "restart_needed": restart_needed,
+            "applying": applying,
+            "audio": audio,
+        });
         self.hub.publish("settings", answer.clone());
         json_response(StatusCode::OK, answer)
     }

@@ -170,11 +170,17 @@ impl Auth {
             .map_err(|e| AuthError::Storage(e.to_string()))
     }
 
-    fn store_password(&self, password: &str) -> Result<(), AuthError> {
+    /// The stored form of a new password (the PHC string `$argon2id$v=19$...`), after the same
+    /// length check as the page. Also what the image's boot unit stores for `admin-password`.
+    pub fn hash_new_password(&self, password: &str) -> Result<String, AuthError> {
         if password.chars().count() < MIN_PASSWORD {
             return Err(AuthError::TooShort);
         }
-        let hash = self.hash(password)?;
+        self.hash(password)
+    }
+
+    fn store_password(&self, password: &str) -> Result<(), AuthError> {
+        let hash = self.hash_new_password(password)?;
         state::write_secret_atomic(&self.dir.join(PASSWORD_FILE), hash.as_bytes())
             .map_err(|e| AuthError::Storage(e.to_string()))
     }
@@ -322,59 +328,6 @@ impl Auth {
             .map_err(|e| AuthError::Storage(e.to_string()))?;
         Ok(token)
     }
-
-    /// The image's way to preset the password: `admin_password = "..."` in the boot partition's
-    /// `pispeaker.toml`. It is hashed into the state directory and the line is removed from the
-    /// FAT file (rewritten atomically), so the plaintext does not stay on a card anyone can read.
-    /// Returns whether a password was adopted.
-    pub fn adopt_boot_password(&self, boot_file: &Path) -> Result<bool, AuthError> {
-        let Ok(text) = std::fs::read_to_string(boot_file) else {
-            return Ok(false);
-        };
-        let Some((password, rest)) = take_admin_password(&text) else {
-            return Ok(false);
-        };
-        if self.has_password() {
-            log::info!(
-                "{}: admin_password ignored (a password is set already; change it on the page)",
-                boot_file.display()
-            );
-        } else {
-            self.store_password(&password)?;
-            log::info!("the web password was set from {}", boot_file.display());
-        }
-        // The FAT partition has no permissions to keep: 0644 like the rest of it.
-        state::write_atomic_with_mode(boot_file, rest.as_bytes(), 0o644).map_err(|e| {
-            AuthError::Storage(format!(
-                "cannot remove admin_password from {}: {e}; remove that line by hand",
-                boot_file.display()
-            ))
-        })?;
-        Ok(true)
-    }
-}
-
-/// Finds a top-level `admin_password = "..."` and returns its value and the text without that
-/// line (other lines, comments included, untouched).
-fn take_admin_password(text: &str) -> Option<(String, String)> {
-    let table: toml::Table = text.parse().ok()?;
-    let password = table.get("admin_password")?.as_str()?.to_string();
-    let mut in_table = false;
-    let mut rest = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            in_table = true;
-        }
-        let is_key = !in_table
-            && trimmed
-                .strip_prefix("admin_password")
-                .is_some_and(|after| after.trim_start().starts_with('='));
-        if !is_key {
-            rest.push_str(line);
-        }
-    }
-    Some((password, rest))
 }
 
 #[cfg(test)]
@@ -503,30 +456,5 @@ mod tests {
             Caller::Authorized
         );
         assert!(auth.login(PEER, "battery staple").is_ok());
-    }
-
-    #[test]
-    fn the_boot_partition_password_is_hashed_and_removed_from_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let boot = dir.path().join("pispeaker.toml");
-        std::fs::write(
-            &boot,
-            "# my speaker\nname = \"Kitchen\"\nadmin_password = \"from the card\"\nwifi_ssid = \"home\"\n",
-        )
-        .unwrap();
-        let auth = cheap(dir.path());
-        assert_eq!(auth.adopt_boot_password(&boot), Ok(true));
-        let rest = std::fs::read_to_string(&boot).unwrap();
-        assert_eq!(
-            rest,
-            "# my speaker\nname = \"Kitchen\"\nwifi_ssid = \"home\"\n"
-        );
-        assert!(auth.login(PEER, "from the card").is_ok());
-        // Nothing to adopt the second time.
-        assert_eq!(auth.adopt_boot_password(&boot), Ok(false));
-        assert_eq!(
-            auth.adopt_boot_password(&dir.path().join("missing.toml")),
-            Ok(false)
-        );
     }
 }

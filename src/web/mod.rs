@@ -3,7 +3,7 @@
 //!
 //! `lan` decides who is on the local network, `auth` who may write, `events` the numbered event
 //! stream, `bridge` turns the sources' and sidecar's state into events, `settings` validates and
-//! writes settings, `api` routes `/api/*`, and `assets` is the page (one HTML file in the binary).
+//! writes settings (`system`: Wi-Fi and SSH, handed to a root unit on the image), `api` routes `/api/*`, and `assets` is the page (one HTML file in the binary).
 
 pub mod api;
 pub mod assets;
@@ -12,5 +12,6 @@ pub mod bridge;
 pub mod events;
 pub mod lan;
 pub mod settings;
+pub mod system;
 
 pub use api::WebApp;

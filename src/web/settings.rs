@@ -81,12 +81,17 @@ pub struct SettingsFile {
     pub path: PathBuf,
     /// API field → where it is set instead ("the command line", "the environment", ...).
     pub locked: BTreeMap<&'static str, String>,
+    /// Wi-Fi and SSH: on the SD image, where the root unit takes requests; `None` elsewhere
+    /// (the operating system's own tools manage them).
+    pub system: Option<super::system::SystemFiles>,
 }
 
 impl SettingsFile {
     /// The web settings file in the state directory `cache`, and what overrides it.
-    /// `on_image`: the `PISPEAKER_*` variables come from the boot partition's `pispeaker.toml`.
-    pub fn from_args(args: &ConfigArgs, cache: &Path, on_image: bool) -> Self {
+    /// `boot_report` (the image's boot-config report) set: the `PISPEAKER_*` variables come from
+    /// the boot partition's `pispeaker.toml`, and Wi-Fi and SSH are managed here.
+    pub fn from_args(args: &ConfigArgs, cache: &Path, boot_report: Option<&Path>) -> Self {
+        let on_image = boot_report.is_some();
         let path = cache.join(crate::config::WEB_SETTINGS_FILE);
         let given: [(&str, bool); 5] = [
             ("name", args.name.is_some()),
@@ -112,24 +117,35 @@ impl SettingsFile {
             };
             locked.insert(api, from);
         }
-        Self { path, locked }
+        let system = boot_report.map(|r| super::system::SystemFiles::for_image(r, cache));
+        Self {
+            path,
+            locked,
+            system,
+        }
     }
 
     /// The current values for the page (from the effective config) and what is locked.
     pub fn view(&self, config: &Config) -> Value {
-        let locked: serde_json::Map<String, Value> = self
+        let mut locked: serde_json::Map<String, Value> = self
             .locked
             .iter()
             .map(|(k, v)| ((*k).to_string(), Value::String(v.clone())))
             .collect();
+        let mut values = serde_json::Map::new();
+        values.insert("name".into(), config.name.clone().into());
+        values.insert("board".into(), config.board.clone().into());
+        values.insert("volume_ctrl".into(), serde_json::json!(config.volume_ctrl));
+        values.insert(
+            "jellyfin_server".into(),
+            config.jellyfin.server.clone().into(),
+        );
+        values.insert("jellyfin_enabled".into(), config.jellyfin.enabled.into());
+        let passphrase_set =
+            super::system::add_to_view(self.system.as_ref(), &mut values, &mut locked);
         serde_json::json!({
-            "values": {
-                "name": config.name,
-                "board": config.board,
-                "volume_ctrl": config.volume_ctrl,
-                "jellyfin_server": config.jellyfin.server,
-                "jellyfin_enabled": config.jellyfin.enabled,
-            },
+            "values": values,
+            "wifi_passphrase_set": passphrase_set,
             "locked": locked,
             "file": self.path,
             "boards": crate::board::presets().iter().map(|p| p.name.to_string()).collect::<Vec<_>>(),
@@ -139,9 +155,19 @@ impl SettingsFile {
     /// Validates every field of `changes` (a JSON object of API fields), then writes the file
     /// once. On any refusal nothing is written. Returns the fields that changed.
     pub fn apply(&self, changes: &Value) -> Result<Vec<String>, SettingsError> {
+        self.apply_with_system(changes).map(|(changed, _)| changed)
+    }
+
+    /// [`Self::apply`], and the Wi-Fi/SSH fields checked with the rest (a bad one refuses the
+    /// whole change) and handed to the root unit after the file is written.
+    pub fn apply_with_system(
+        &self,
+        changes: &Value,
+    ) -> Result<(Vec<String>, Option<super::system::Submitted>), SettingsError> {
         let object = changes
             .as_object()
             .ok_or_else(|| SettingsError::new("", "expected a JSON object of settings"))?;
+        let system_request = super::system::check(self.system.as_ref(), object)?;
         let current = read_text(&self.path)?;
         let mut doc: toml_edit::DocumentMut = current.parse().map_err(|e| {
             SettingsError::new(
@@ -154,6 +180,9 @@ impl SettingsFile {
         })?;
         let mut changed = Vec::new();
         for (api, value) in object {
+            if crate::system_settings::FIELDS.contains(&api.as_str()) {
+                continue;
+            }
             let field = FIELDS.iter().find(|f| f.api == api).ok_or_else(|| {
                 SettingsError::new(api, "is not a setting that can be changed here")
             })?;
@@ -179,7 +208,11 @@ impl SettingsFile {
                 SettingsError::new("", format!("cannot write {}: {e}", self.path.display()))
             })?;
         }
-        Ok(changed)
+        let submitted = match (&self.system, &system_request) {
+            (Some(files), Some(request)) => Some(super::system::submit(files, request)?),
+            _ => None,
+        };
+        Ok((changed, submitted))
     }
 }
 
@@ -284,6 +317,7 @@ mod tests {
         SettingsFile {
             path,
             locked: BTreeMap::new(),
+            system: None,
         }
     }
 

@@ -78,6 +78,9 @@ async function session() {
 async function loadSettings() {
   if (!csrf || dirty) return;
   const s = await api("GET", "/api/settings");
+  // The user may have started typing while the request was on its way (a `settings` event
+  // arrives just after every save): their edits win over the reload.
+  if (dirty) return;
   const board = $("s-board");
   board.innerHTML = "<option value=''>(none)</option>";
   for (const b of s.boards) { const o = document.createElement("option"); o.value = o.textContent = b; board.appendChild(o); }

@@ -1,0 +1,390 @@
+//! `image/rauc/pispeaker-slot`, RAUC's custom bootloader backend, on a temporary directory that
+//! stands for the boot partition: switching both ways, the boot-try state, refusing an
+//! incomplete slot, and a power cut at every step of every write it makes.
+//!
+//! A power cut is modelled as the set of files the card can hold after it (the script stops dead
+//! at the step, `PISPEAKER_SLOT_CUT`, and the test then builds each state the card may be in):
+//! - `written`: FILE.new was written but not fsynced, so it may hold any prefix of its content
+//!   (modelled: empty, half, whole); FILE is untouched.
+//! - `synced`: FILE.new is complete; FILE is untouched.
+//! - `renamed`: the rename is not yet on the card (the directory was not fsynced), so FILE may be
+//!   the old or the new content (both modelled).
+//!
+//! In every state the firmware must find a config.txt that names a slot whose files are
+//! complete and that still has every other line.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rauc/pispeaker-slot")
+}
+
+/// Debian's raspi-firmware config.txt, shortened, with our include and slot A active.
+const CONFIG: &str = "# Do not modify this file!\n[pi4]\narm_boost=1\n[all]\nkernel=vmlinuz-6.1.0-28-armmp\ninitramfs initrd.img-6.1.0-28-armmp followkernel\ndtparam=audio=on\ninclude pispeaker-board.txt\nos_prefix=slotA/\n";
+
+fn make_slot(boot: &Path, slot: &str) {
+    let dir = boot.join(format!("slot{slot}"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("vmlinuz-6.1.0-28-armmp"), b"kernel").unwrap();
+    fs::write(dir.join("initrd.img-6.1.0-28-armmp"), b"initrd").unwrap();
+    fs::write(dir.join("bcm2710-rpi-3-b.dtb"), b"dtb").unwrap();
+    fs::write(
+        dir.join("cmdline.txt"),
+        format!("root=LABEL=ROOT{slot} rauc.slot={slot}\n"),
+    )
+    .unwrap();
+}
+
+fn boot_partition() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("config.txt"), CONFIG).unwrap();
+    make_slot(dir.path(), "A");
+    make_slot(dir.path(), "B");
+    dir
+}
+
+fn run(boot: &Path, args: &[&str], cut: Option<&str>) -> Output {
+    let mut cmd = Command::new("sh");
+    cmd.arg(script())
+        .args(args)
+        .env("PISPEAKER_BOOT_DIR", boot)
+        .env("PISPEAKER_BOOT_TRIES", "3");
+    if let Some(cut) = cut {
+        cmd.env("PISPEAKER_SLOT_CUT", cut);
+    }
+    cmd.output().expect("run sh")
+}
+
+fn ok(boot: &Path, args: &[&str]) -> String {
+    let out = run(boot, args, None);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Every file of the directory (not the slot directories, which the switch never writes).
+fn snapshot(boot: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(boot)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn restore(boot: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    for (name, _) in snapshot(boot) {
+        fs::remove_file(boot.join(name)).unwrap();
+    }
+    for (name, data) in files {
+        fs::write(boot.join(name), data).unwrap();
+    }
+}
+
+/// What the firmware would do with this card: the slot config.txt names, which must be
+/// complete, with every non-os_prefix line of the original config.txt kept.
+fn firmware_boots(boot: &Path) -> String {
+    let config = fs::read_to_string(boot.join("config.txt")).expect("config.txt must exist");
+    let prefix = config
+        .lines()
+        .filter_map(|l| l.strip_prefix("os_prefix="))
+        .next_back()
+        .expect("config.txt names a slot");
+    for line in CONFIG.lines().filter(|l| !l.starts_with("os_prefix=")) {
+        assert!(
+            config.lines().any(|l| l == line),
+            "config.txt lost {line:?}:\n{config}"
+        );
+    }
+    let slot = prefix
+        .strip_prefix("slot")
+        .and_then(|s| s.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("os_prefix={prefix} is not a slot"));
+    let dir = boot.join(prefix);
+    for file in [
+        "vmlinuz-6.1.0-28-armmp",
+        "initrd.img-6.1.0-28-armmp",
+        "bcm2710-rpi-3-b.dtb",
+        "cmdline.txt",
+    ] {
+        assert!(
+            dir.join(file)
+                .metadata()
+                .map(|m| m.len() > 0)
+                .unwrap_or(false),
+            "config.txt names slot {slot}, whose {file} is missing"
+        );
+    }
+    slot.to_string()
+}
+
+#[test]
+fn switches_both_ways_and_keeps_every_other_line() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    assert_eq!(ok(boot, &["get-primary"]), "A");
+    // A slot never recorded is good (the image ships A good).
+    assert_eq!(ok(boot, &["get-state", "A"]), "good");
+
+    // What RAUC 1.8 does on an install into B: mark it bad, write it, make it primary.
+    ok(boot, &["set-state", "B", "bad"]);
+    assert_eq!(ok(boot, &["get-state", "B"]), "bad");
+    ok(boot, &["set-primary", "B"]);
+    assert_eq!(ok(boot, &["get-primary"]), "B");
+    assert_eq!(firmware_boots(boot), "B");
+    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap();
+    assert!(state.contains("\nA=good\nB=try:3\n"), "{state}");
+    // A slot with tries left counts as good until the initramfs spends them.
+    assert_eq!(ok(boot, &["get-state", "B"]), "good");
+    // mark-good after READY.
+    ok(boot, &["set-state", "B", "good"]);
+    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap();
+    assert!(state.contains("\nA=good\nB=good\n"), "{state}");
+
+    ok(boot, &["set-primary", "A"]);
+    assert_eq!(ok(boot, &["get-primary"]), "A");
+    assert_eq!(firmware_boots(boot), "A");
+    let config = fs::read_to_string(boot.join("config.txt")).unwrap();
+    assert_eq!(config, CONFIG, "switching back gives the original file");
+    assert_eq!(config.matches("os_prefix=").count(), 1);
+    // No temporary file is left behind.
+    assert!(!boot.join("config.txt.new").exists());
+    assert!(!boot.join("pispeaker-slots.txt.new").exists());
+}
+
+#[test]
+fn a_config_without_os_prefix_gets_one_under_all() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    let without = CONFIG.replace("os_prefix=slotA/\n", "[pi4]\narm_freq=1000\n");
+    fs::write(boot.join("config.txt"), &without).unwrap();
+    let out = run(boot, &["get-primary"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no os_prefix= line"));
+    ok(boot, &["set-primary", "B"]);
+    let config = fs::read_to_string(boot.join("config.txt")).unwrap();
+    assert!(
+        config.ends_with("arm_freq=1000\n[all]\nos_prefix=slotB/\n"),
+        "{config}"
+    );
+    assert_eq!(ok(boot, &["get-primary"]), "B");
+}
+
+#[test]
+fn refuses_to_switch_to_an_incomplete_slot_or_a_bad_argument() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    let before = snapshot(boot);
+    for (missing, why) in [
+        ("vmlinuz-6.1.0-28-armmp", "the kernel config.txt names"),
+        (
+            "initrd.img-6.1.0-28-armmp",
+            "the initramfs config.txt names",
+        ),
+        ("bcm2710-rpi-3-b.dtb", "no device tree"),
+        ("cmdline.txt", "cmdline.txt is missing"),
+    ] {
+        make_slot(boot, "B");
+        fs::remove_file(boot.join("slotB").join(missing)).unwrap();
+        let out = run(boot, &["set-primary", "B"], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "switched without {missing}");
+        assert!(stderr.contains(why), "{missing}: {stderr}");
+        assert_eq!(snapshot(boot), before, "nothing written without {missing}");
+    }
+    for args in [
+        &["set-primary", "C"][..],
+        &["set-state", "A", "maybe"],
+        &["get-state"],
+        &["frobnicate"],
+    ] {
+        let out = run(boot, args, None);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn get_current_reads_rauc_slot_from_the_command_line() {
+    let boot = boot_partition();
+    let cmdline = boot.path().join("cmdline");
+    fs::write(
+        &cmdline,
+        "console=ttyAMA0 root=LABEL=ROOTB rauc.slot=B rw\n",
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .arg(script())
+        .arg("get-current")
+        .env("PISPEAKER_CMDLINE", &cmdline)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "B");
+    fs::write(&cmdline, "console=ttyAMA0 root=/dev/mmcblk0p2\n").unwrap();
+    let out = Command::new("sh")
+        .arg(script())
+        .arg("get-current")
+        .env("PISPEAKER_CMDLINE", &cmdline)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Every state a power cut at `file:step` can leave, given the files before and the files the
+/// script left when it stopped there.
+fn states_after_cut(
+    before: &BTreeMap<String, Vec<u8>>,
+    left: &BTreeMap<String, Vec<u8>>,
+    file: &str,
+    step: &str,
+) -> Vec<BTreeMap<String, Vec<u8>>> {
+    let tmp = format!("{file}.new");
+    match step {
+        "written" => {
+            let whole = left.get(&tmp).expect("the new file was written").clone();
+            [0, whole.len() / 2, whole.len()]
+                .into_iter()
+                .map(|n| {
+                    let mut s = left.clone();
+                    s.insert(tmp.clone(), whole[..n].to_vec());
+                    s
+                })
+                .collect()
+        }
+        "synced" => vec![left.clone()],
+        "renamed" => {
+            // Either the rename reached the card or it did not.
+            let mut not_yet = left.clone();
+            match before.get(file) {
+                Some(old) => not_yet.insert(file.to_string(), old.clone()),
+                None => not_yet.remove(file),
+            };
+            not_yet.insert(tmp, left[file].clone());
+            vec![left.clone(), not_yet]
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    let mut checked = 0;
+    // Both directions, from a card with and without a state file.
+    for (from, to, with_state) in [("A", "B", false), ("A", "B", true), ("B", "A", true)] {
+        for file in ["pispeaker-slots.txt", "config.txt"] {
+            for step in ["written", "synced", "renamed"] {
+                // The card before the switch.
+                fs::write(
+                    boot.join("config.txt"),
+                    CONFIG.replace("slotA/", &format!("slot{from}/")),
+                )
+                .unwrap();
+                let _ = fs::remove_file(boot.join("pispeaker-slots.txt"));
+                if with_state {
+                    ok(boot, &["set-state", to, "bad"]);
+                }
+                let before = snapshot(boot);
+                let out = run(boot, &["set-primary", to], Some(&format!("{file}:{step}")));
+                assert_eq!(
+                    out.status.code(),
+                    Some(75),
+                    "{file}:{step}: the cut happened"
+                );
+                let left = snapshot(boot);
+                for state in states_after_cut(&before, &left, file, step) {
+                    restore(boot, &state);
+                    let slot = firmware_boots(boot);
+                    // Before config.txt's rename reaches the card the old slot boots, after it
+                    // the new one; never anything else.
+                    let switched = file == "config.txt"
+                        && step == "renamed"
+                        && state["config.txt"] != before["config.txt"];
+                    assert_eq!(slot, if switched { to } else { from }, "{file}:{step}");
+                    // A new slot never boots without its tries armed: otherwise a slot that
+                    // never becomes ready would be booted for ever.
+                    if switched {
+                        let state = String::from_utf8_lossy(
+                            state
+                                .get("pispeaker-slots.txt")
+                                .map(Vec::as_slice)
+                                .unwrap_or(b""),
+                        )
+                        .into_owned();
+                        assert!(
+                            state.lines().any(|l| l == format!("{to}=try:3")),
+                            "{file}:{step}: slot {to} boots without tries:\n{state}"
+                        );
+                    }
+                    // The script runs again on this card (RAUC retries the install): it
+                    // completes, whatever the leftover temporary file holds.
+                    ok(boot, &["set-primary", to]);
+                    assert_eq!(firmware_boots(boot), to);
+                    assert!(!boot.join(format!("{file}.new")).exists());
+                    restore(boot, &state);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("power cut: {checked} card states checked, each boots a complete slot");
+}
+
+/// The image mounts the boot partition read-only: a switch remounts it read-write for the write
+/// and leaves it read-only again. A tmpfs mounted read-only (in a private mount namespace, as
+/// root) stands for the FAT partition.
+#[test]
+fn a_read_only_boot_partition_is_remounted_for_the_write_and_back() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to mount");
+        return;
+    }
+    let boot = boot_partition();
+    let mnt = boot.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "set -e
+        mount -t tmpfs none {mnt}
+        cp -r {src}/config.txt {src}/slotA {src}/slotB {mnt}/
+        mount -o remount,ro {mnt}
+        if touch {mnt}/probe 2>/dev/null; then echo 'not read-only'; exit 1; fi
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} set-primary B
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} set-state B good
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} get-primary
+        cat {mnt}/pispeaker-slots.txt
+        if touch {mnt}/probe 2>/dev/null; then echo 'left read-write'; exit 1; fi
+        awk -v m={mnt} '$2 == m {{ print $4 }}' /proc/mounts",
+        mnt = mnt.display(),
+        src = boot.path().display(),
+        slot = script().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("B\n"), "{stdout}");
+    assert!(stdout.contains("B=good"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("ro") || stdout.contains("\nro,"),
+        "{stdout}"
+    );
+}
