@@ -19,8 +19,8 @@ use log::{error, info, warn};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::audio::{self, AudioError, MixerSettings, SinkFactory, VolumeMemory, MAX_VOLUME};
-use crate::config::{self, Bitrate, Config, ConfigArgs, MixerKind};
+use crate::audio::{self, AudioError, SinkFactory, VolumeMemory, MAX_VOLUME};
+use crate::config::{self, Bitrate, Config, ConfigArgs};
 use crate::connect::ap_link::{self, LinkTuning};
 use crate::connect::control::{self, SpeakerStatus};
 use crate::connect::credentials::{self, CredentialStore};
@@ -60,46 +60,40 @@ pub fn run(config: Config, args: ConfigArgs) -> ExitCode {
 
 /// The audio side, opened before anything else.
 struct Audio {
-    mixer: Arc<dyn Mixer>,
+    /// The mixer and the output route, switched live when the web app changes the board, the
+    /// device or the curve.
+    live: Arc<audio::LiveAudio>,
     sink: SinkFactory,
     /// The PCM the Jellyfin cast plays into: the same one as Spotify; none with the null sink.
-    cast_output: Option<jellyfin::cast::OutputFactory>,
+    cast_output: Option<audio::OutputFactory>,
 }
 
 fn open_audio(config: &Config, remembered_volume: Option<u16>) -> Result<Audio, AudioError> {
     let start_volume =
         remembered_volume.unwrap_or_else(|| percent_to_volume(config.initial_volume));
-    let settings = MixerSettings {
-        use_hardware: config.mixer == MixerKind::Alsa,
-        device: config.alsa_mixer_device.clone(),
-        control: config.alsa_mixer_control.clone(),
-        index: config.alsa_mixer_index,
-        curve: config.volume_ctrl,
-        range_db: config.volume_range,
-    };
-    // Only the default device falls back to a null sink: a PCM the user named must exist.
-    let (opened, sink, cast_output) = if audio::has_sound_card() || config.device != "default" {
-        audio::check_pcm(&config.device)?;
-        let sink = audio::alsa_sink(config.device.clone()).ok_or_else(|| {
-            AudioError::Other("this build has no ALSA backend (rebuild with librespot-playback's alsa-backend feature)".into())
-        })?;
-        let cast = jellyfin::cast::AlsaOutput::factory(config.device.clone());
-        (audio::open_mixer(&settings)?, sink, Some(cast))
-    } else {
+    let spec = live_settings::audio_spec(config);
+    if spec.pcm.is_none() {
         info!("no sound card found: playing into a null sink so the speaker stays discoverable");
-        let soft = MixerSettings {
-            use_hardware: false,
-            ..settings
-        };
-        (audio::open_mixer(&soft)?, audio::null_sink(), None)
-    };
+    }
+    let opener = audio::LiveAudio::alsa_opener();
+    let opened = opener(&spec)?;
     if !opened.hardware {
         // Software volume forgets everything on restart: start where the user left it (or, on a
         // fresh install, at the configured start-up volume).
         opened.mixer.set_volume(start_volume);
     }
+    let has_card = spec.pcm.is_some();
+    let live = Arc::new(audio::LiveAudio::new(spec, opened, opener));
+    let sink = audio::RoutedSink::factory(live.route()).ok_or_else(|| {
+        AudioError::Other(
+            "this build has no ALSA backend (rebuild with librespot-playback's alsa-backend feature)"
+                .into(),
+        )
+    })?;
+    // Without a sound card at start the cast is not offered (nothing to play it on).
+    let cast_output = has_card.then(|| audio::RoutedOutput::factory(live.route()));
     Ok(Audio {
-        mixer: opened.mixer,
+        live,
         sink,
         cast_output,
     })
@@ -150,10 +144,11 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
 
     // One player for the life of the process; sessions come and go.
     let Audio {
-        mixer,
+        live: live_audio,
         sink,
         cast_output,
     } = audio;
+    let mixer: Arc<dyn Mixer> = live_audio.mixer();
     // One audio device, two sources: Spotify's sink and the Jellyfin cast both go through this.
     let device_lock = audio::AudioDeviceLock::new();
     let sink = audio::LockedSink::factory(sink, device_lock.clone());
@@ -240,7 +235,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         output,
         mixer: mixer.clone(),
         lock: device_lock.clone(),
-        stream: jellyfin::cast::StreamSettings::default(),
+        stream: audio::StreamSettings::default(),
         handover_wait: Duration::from_secs(3),
         progress_every: Duration::from_secs(10),
         paused_check_in: jellyfin::PAUSED_CHECK_IN,
@@ -260,6 +255,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         mixer: Some(mixer.clone()),
         mixer_changed: Default::default(),
     };
+    let mixer_changed = sources.mixer_changed.clone();
     // The web app's event bridge subscribes before the sidecar and discovery start.
     let web_app = web.then(|| {
         start_web(
@@ -267,6 +263,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
             &args,
             sources,
             config_tx,
+            live_audio.clone(),
             &jellyfin_state_rx,
             &shutdown_rx,
         )
@@ -276,6 +273,7 @@ async fn run_async(config: Config, args: ConfigArgs) -> ExitCode {
         discovery_parts,
         JellyfinParts {
             cast,
+            mixer_changed,
             control: control.clone(),
             state: jellyfin_state_tx,
             cast_handle: cast_handle_tx,
@@ -344,6 +342,7 @@ fn start_web(
     args: &ConfigArgs,
     sources: Sources,
     config_tx: watch::Sender<Config>,
+    live_audio: Arc<audio::LiveAudio>,
     jellyfin: &watch::Receiver<jellyfin::JellyfinState>,
     shutdown: &watch::Receiver<bool>,
 ) -> web::WebApp {
@@ -369,6 +368,7 @@ fn start_web(
             config.status.boot_config_report.as_deref(),
         )),
         config: Arc::new(config_tx),
+        audio: live_audio,
         reload: Arc::new(move || config::load(&reload_args).map_err(|e| e.to_string())),
         jellyfin: jellyfin.clone(),
         keep_alive: Duration::from_secs(15),

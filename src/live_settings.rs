@@ -3,8 +3,12 @@
 //! Discovery and the Jellyfin sidecar are tasks that take their settings at start, so a change
 //! (from the web app) stops the old task and starts a new one: a new name is what zeroconf
 //! `getInfo` answers at once, and a new Jellyfin server (or on/off) pairs at once. The Spotify
-//! session, the player and the audio device are not touched: the board, the volume curve and
-//! the device still take effect at the next start (the web app says so).
+//! session and the player are not touched by these.
+//!
+//! The audio side (board, device, mixer control, volume curve) is switched by the web API itself
+//! through [`crate::audio::LiveAudio`], because the answer to the request must say whether the
+//! new device could be opened; [`audio_spec`] is what both it and the daemon's start-up build
+//! the audio side from.
 
 use std::time::Duration;
 
@@ -14,11 +18,30 @@ use log::info;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::audio::{self, AudioSpec, MixerSettings};
+use crate::config::{Config, MixerKind};
 use crate::connect::control::ControlHandle;
 use crate::connect::discovery::{self, DiscoverySettings};
 use crate::connect::netwatch::AddressEvents;
 use crate::jellyfin::{self, cast, JellyfinState};
+
+/// The audio side a config asks for. Only the default device falls back to the null sink when
+/// the machine has no sound card: a PCM the user named must exist.
+pub fn audio_spec(config: &Config) -> AudioSpec {
+    let pcm =
+        (config.device != "default" || audio::has_sound_card()).then(|| config.device.clone());
+    AudioSpec {
+        mixer: MixerSettings {
+            use_hardware: config.mixer == MixerKind::Alsa && pcm.is_some(),
+            device: config.alsa_mixer_device.clone(),
+            control: config.alsa_mixer_control.clone(),
+            index: config.alsa_mixer_index,
+            curve: config.volume_ctrl,
+            range_db: config.volume_range,
+        },
+        pcm,
+    }
+}
 
 /// A task with its own stop switch.
 struct Running {
@@ -50,6 +73,8 @@ pub struct DiscoveryParts {
 /// What the Jellyfin sidecar needs besides the config.
 pub struct JellyfinParts {
     pub cast: Option<cast::CastSettings>,
+    /// The web app's `Sources::mixer_changed`.
+    pub mixer_changed: std::sync::Arc<tokio::sync::Notify>,
     pub control: ControlHandle,
     pub state: watch::Sender<JellyfinState>,
     pub cast_handle: watch::Sender<Option<cast::CastHandle>>,
@@ -90,6 +115,7 @@ fn start_jellyfin(config: &Config, parts: &JellyfinParts) -> Option<Running> {
     let task = tokio::spawn(jellyfin::run(
         config.clone(),
         parts.cast.clone(),
+        parts.mixer_changed.clone(),
         parts.control.clone(),
         parts.state.clone(),
         Some(parts.cast_handle.clone()),

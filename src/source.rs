@@ -1,12 +1,14 @@
 //! Sources side by side: one interface for "something that plays on this speaker" and the
 //! choice of the active one.
 //!
-//! The web API, the page and (later) Jellyfin's remote control and an AirPlay or Snapcast source
-//! talk to [`Sources::active`] through [`Source`], never to a source's own handle, so adding a
+//! The web API, the page, Jellyfin's remote control (Playstate and GeneralCommand messages on
+//! its socket) and (later) an AirPlay or Snapcast source talk to [`Sources::active`] through
+//! [`Source`], never to a source's own handle, so adding a
 //! source is implementing this trait, not teaching every caller a new handle. Today there are two:
 //! Spotify (over the supervisor's [`ControlHandle`]) and the Jellyfin cast (over its
-//! [`CastHandle`]). The cast's generic parts (HTTP stream, decode, PCM output) still live under
-//! `jellyfin/cast/`; moving them to `audio/` is a later mechanical step.
+//! [`CastHandle`]). Both sit on one audio layer, `crate::audio`: the mixer and the device lock
+//! they share, Spotify's sinks, and the generic parts a decoding source plays through (HTTP
+//! stream, symphonia decode, PCM output), which know neither Spotify nor Jellyfin.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,9 +62,19 @@ pub enum SourceCommand {
     Seek {
         position_ms: u64,
     },
+    /// Relative to where playback is now, in ms (Jellyfin's Rewind/FastForward).
+    SeekBy(i64),
+    /// Ends a cast; Spotify pauses (a Connect device cannot end the user's session).
+    Stop,
     /// On Spotify's 0..=65535 scale (the one mixer's scale).
     SetVolume(u16),
+    VolumeUp,
+    VolumeDown,
 }
+
+/// A volume step of [`SourceCommand::VolumeUp`] when no source carries the volume (the cast
+/// player's own step: 32 steps over the range).
+pub const VOLUME_STEP: u16 = crate::audio::MAX_VOLUME / 32;
 
 /// Why a command could not be carried out; the text is for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,7 +144,18 @@ impl Source for SpotifySource {
             SourceCommand::Seek { position_ms } => Command::Seek {
                 position_ms: u32::try_from(position_ms).unwrap_or(u32::MAX),
             },
+            SourceCommand::SeekBy(delta_ms) => {
+                // The last reported position: a caller that keeps a live clock (the Jellyfin
+                // socket's) sends an absolute Seek instead.
+                let now = i64::from(self.control.status().position_ms);
+                Command::Seek {
+                    position_ms: u32::try_from((now + delta_ms).max(0)).unwrap_or(u32::MAX),
+                }
+            }
+            SourceCommand::Stop => Command::Stop,
             SourceCommand::SetVolume(v) => Command::SetVolume(v),
+            SourceCommand::VolumeUp => Command::VolumeUp,
+            SourceCommand::VolumeDown => Command::VolumeDown,
         };
         Box::pin(async move { self.control.send(command).await.map_err(SourceError::from) })
     }
@@ -193,7 +216,11 @@ impl Source for CastSource {
                 SourceCommand::Next => CastCommand::Next,
                 SourceCommand::Previous => CastCommand::Previous,
                 SourceCommand::Seek { position_ms } => CastCommand::Seek { position_ms },
+                SourceCommand::SeekBy(delta_ms) => CastCommand::SeekBy(delta_ms),
+                SourceCommand::Stop => CastCommand::Stop,
                 SourceCommand::SetVolume(v) => CastCommand::SetVolume(v),
+                SourceCommand::VolumeUp => CastCommand::VolumeUp,
+                SourceCommand::VolumeDown => CastCommand::VolumeDown,
             });
             Ok(())
         })
@@ -228,13 +255,28 @@ impl Sources {
     pub async fn command(&self, command: SourceCommand) -> Result<SourceKind, SourceError> {
         let active = self.active();
         let kind = active.kind();
-        match (active.command(command).await, command, &self.mixer) {
-            (Err(SourceError::Spotify(_)), SourceCommand::SetVolume(v), Some(mixer)) => {
+        match (active.command(command).await, &self.mixer) {
+            (Err(SourceError::Spotify(e)), Some(mixer)) => {
+                let v = mixer.volume();
+                let v = match command {
+                    SourceCommand::SetVolume(v) => v,
+                    SourceCommand::VolumeUp => v.saturating_add(VOLUME_STEP),
+                    SourceCommand::VolumeDown => v.saturating_sub(VOLUME_STEP),
+                    _ => return Err(SourceError::Spotify(e)),
+                };
                 mixer.set_volume(v);
                 self.mixer_changed.notify_one();
                 Ok(kind)
             }
-            (result, _, _) => result.map(|()| kind),
+            (result, _) => result.map(|()| kind),
+        }
+    }
+
+    /// The speaker's volume: the mixer's (the truth, whoever plays), else Spotify's last.
+    pub fn volume(&self) -> u16 {
+        match &self.mixer {
+            Some(mixer) => mixer.volume(),
+            None => self.spotify.control.status().volume,
         }
     }
 }

@@ -23,12 +23,12 @@ use librespot_playback::audio_backend::{Sink, SinkResult};
 use librespot_playback::convert::Converter;
 use librespot_playback::decoder::AudioPacket;
 use librespot_playback::mixer::{Mixer, MixerConfig};
-use pispeaker::audio::{AudioDeviceLock, LockedSink};
-use pispeaker::connect::control::{self, Command, PlaybackEvent, SpeakerStatus, TrackInfo};
-use pispeaker::jellyfin::cast::{
-    CaptureOutput, Captured, CastSettings, CastStatusCell, OutputFactory, PcmFormat, PcmOutput,
+use pispeaker::audio::{
+    AudioDeviceLock, CaptureOutput, Captured, LockedSink, OutputFactory, PcmFormat, PcmOutput,
     StreamSettings,
 };
+use pispeaker::connect::control::{self, Command, PlaybackEvent, SpeakerStatus, TrackInfo};
+use pispeaker::jellyfin::cast::{CastSettings, CastStatusCell};
 use pispeaker::jellyfin::{self, JellyfinSettings, JellyfinState, Liveness};
 use serde_json::Value;
 use support::fake_jellyfin::{FakeJellyfin, Media, Served, ServerVersion};
@@ -523,6 +523,7 @@ async fn speaker(options: Options) -> Speaker {
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
         paused_check_in: jellyfin::PAUSED_CHECK_IN,
+        mixer_changed: Default::default(),
         cast: Some(CastSettings {
             output,
             mixer: mixer.clone(),

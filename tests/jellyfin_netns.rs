@@ -159,6 +159,7 @@ fn twenty_drops_each_restored_within_5_s_with_one_session() {
                 quick_connect_poll: Duration::from_millis(200),
                 progress_every: Duration::from_secs(10),
                 paused_check_in: jellyfin::PAUSED_CHECK_IN,
+                mixer_changed: Default::default(),
                 cast: None,
             };
             let (tx, rx) = tokio::sync::watch::channel(JellyfinState::Disabled);

@@ -48,6 +48,7 @@ fn settings(server: &str, dir: &std::path::Path) -> JellyfinSettings {
         quick_connect_poll: Duration::from_millis(100),
         progress_every: Duration::from_secs(10),
         paused_check_in: jellyfin::PAUSED_CHECK_IN,
+        mixer_changed: Default::default(),
         cast: None,
     }
 }

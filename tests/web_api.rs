@@ -304,7 +304,9 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["restart_needed"], json!(["volume_ctrl"]));
+    // The curve switches live (the audio side is rebuilt, not the process).
+    assert_eq!(body["restart_needed"], json!([]), "{body}");
+    assert_eq!(body["audio"]["curve"], "cubic", "{body}");
     // Into the state directory; the administrator's config file is left alone.
     let text = saved().unwrap();
     assert!(text.contains("name = \"Kitchen\""), "{text}");
@@ -346,6 +348,66 @@ async fn writes_need_a_session_and_csrf_or_the_token_and_bad_values_change_nothi
     assert_eq!(code, 200);
     let (code, _) = c.post("/api/volume", json!({"percent": 10})).await;
     assert_eq!(code, 401);
+}
+
+/// Issue 15: a new curve or board applies to the audio side of the running daemon: the same
+/// process keeps serving, the volume stays, and a device that cannot be opened leaves the old one
+/// in use, says why, and is kept for the next start (`restart_needed`). This machine has no sound
+/// card, so the daemon plays into its null sink with software volume; a HAT's PCM cannot open.
+#[tokio::test]
+async fn a_new_curve_applies_live_and_a_board_that_cannot_open_keeps_the_old_output() {
+    let mut d = start(true).await;
+    let mut c = Client::new(&d.base);
+    let (code, body) = c
+        .post("/api/password", json!({"password": "correct horse"}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = c.post("/api/volume", json!({"percent": 30})).await;
+    assert_eq!(code, 200, "{body}");
+    let pid = d.child.id();
+    let before = c.get("/api/now").await;
+    assert_eq!(before["percent"], 30, "{before}");
+    assert_eq!(before["audio"]["curve"], "log", "{before}");
+
+    let (code, body) = c
+        .post("/api/settings", json!({"volume_ctrl": "linear"}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["restart_needed"], json!([]), "{body}");
+    assert_eq!(body["audio"]["curve"], "linear", "{body}");
+    assert_eq!(body["audio"]["error"], Value::Null, "{body}");
+    let now = c.get("/api/now").await;
+    assert_eq!(now["percent"], 30, "the volume stays: {now}");
+    assert_eq!(now["audio"]["curve"], "linear", "{now}");
+
+    let (code, body) = c
+        .post("/api/settings", json!({"board": "hifiberry-dac"}))
+        .await;
+    assert_eq!(code, 200, "saved for the next start: {body}");
+    assert_eq!(body["restart_needed"], json!(["board"]), "{body}");
+    let error = body["audio"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("sndrpihifiberry"), "{body}");
+    assert_eq!(body["audio"]["device"], before["audio"]["device"], "{body}");
+    assert_eq!(
+        body["audio"]["curve"], "linear",
+        "the old side untouched: {body}"
+    );
+    let now = c.get("/api/now").await;
+    assert_eq!(now["percent"], 30, "{now}");
+    assert_eq!(now["audio"]["error"], body["audio"]["error"], "{now}");
+    assert_eq!(
+        c.get("/api/settings").await["values"]["board"],
+        "hifiberry-dac"
+    );
+    let status = c.get("/status.json").await;
+    assert_eq!(status["audio"]["error"], body["audio"]["error"], "{status}");
+
+    // One process all along, that started once.
+    assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
+    assert_eq!(d.child.id(), pid);
+    let log = d.log();
+    assert_eq!(log.matches("is ready").count(), 1, "{log}");
+    assert!(log.contains("audio now:"), "{log}");
 }
 
 #[tokio::test]

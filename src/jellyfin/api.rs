@@ -325,3 +325,10 @@ fn describe(e: reqwest::Error) -> String {
         e.without_url().to_string()
     }
 }
+
+/// The cast's streams go out with the token in the Authorization header, never in the URL.
+impl crate::audio::StreamFetch for Api {
+    async fn fetch(&self, url: Url, from: u64) -> Result<reqwest::Response, String> {
+        self.stream(url, from).await.map_err(|e| e.to_string())
+    }
+}

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::cast::{CastCommand, PlayCommand, PlayRequest, PlaybackOrder, RepeatMode};
 use crate::audio::MAX_VOLUME;
 use crate::connect::control::Command;
+use crate::source::SourceCommand;
 
 /// What a message asks of us.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,21 +130,21 @@ fn play(data: &Value) -> Inbound {
     }))
 }
 
-/// A control-handle command as the cast's command (while a cast plays).
-pub fn to_cast(command: &Command) -> CastCommand {
+/// A remote-control request as a command for whichever source is active ([`crate::source`]).
+pub fn to_source(command: &Command) -> SourceCommand {
     match command {
-        Command::Play => CastCommand::Unpause,
-        Command::Pause => CastCommand::Pause,
-        Command::PlayPause => CastCommand::PlayPause,
-        Command::Stop => CastCommand::Stop,
-        Command::Next => CastCommand::Next,
-        Command::Previous => CastCommand::Previous,
-        Command::Seek { position_ms } => CastCommand::Seek {
+        Command::Play => SourceCommand::Play,
+        Command::Pause => SourceCommand::Pause,
+        Command::PlayPause => SourceCommand::PlayPause,
+        Command::Stop => SourceCommand::Stop,
+        Command::Next => SourceCommand::Next,
+        Command::Previous => SourceCommand::Previous,
+        Command::Seek { position_ms } => SourceCommand::Seek {
             position_ms: u64::from(*position_ms),
         },
-        Command::SetVolume(v) => CastCommand::SetVolume(*v),
-        Command::VolumeUp => CastCommand::VolumeUp,
-        Command::VolumeDown => CastCommand::VolumeDown,
+        Command::SetVolume(v) => SourceCommand::SetVolume(*v),
+        Command::VolumeUp => SourceCommand::VolumeUp,
+        Command::VolumeDown => SourceCommand::VolumeDown,
     }
 }
 
@@ -402,7 +403,8 @@ mod tests {
             ),
             Inbound::Cast(CastCommand::SetShuffle(PlaybackOrder::Shuffle))
         );
-        assert_eq!(to_cast(&Command::Play), CastCommand::Unpause);
+        assert_eq!(to_source(&Command::Play), SourceCommand::Play);
+        assert_eq!(to_source(&Command::Stop), SourceCommand::Stop);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Jellyfin sidecar: the speaker as a live, controllable Jellyfin session.
 //!
 //! It runs beside the Spotify supervisor and talks to it only through the [`ControlHandle`]
-//! (commands, status, playback events). Nothing here can delay Spotify: every request has a
+//! (status, playback events) and, for the remote control, through [`crate::source::Sources`]
+//! like the web app, so a pause from a Jellyfin app pauses whatever plays. Nothing here can delay Spotify: every request has a
 //! timeout, reports go through their own queue, and failures only change what the status page
 //! says. A Spotify reconnect is invisible here, so it never creates a second Jellyfin session;
 //! the DeviceId is stable and there is only ever one socket.
@@ -16,11 +17,12 @@ mod socket;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 pub use api::{Api, ApiError, CAST_COMMANDS, SUPPORTED_COMMANDS};
@@ -31,6 +33,7 @@ pub use socket::{Binding, Liveness};
 use crate::config::Config;
 use crate::connect::backoff::Backoff;
 use crate::connect::control::ControlHandle;
+use crate::source::{CastSource, Source, Sources, SpotifySource};
 
 /// What the status page shows about Jellyfin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +84,9 @@ pub struct JellyfinSettings {
     pub paused_check_in: Duration,
     /// The cast target (playing the library), when the daemon has an audio device for it.
     pub cast: Option<cast::CastSettings>,
+    /// Woken when a remote-control volume went straight to the mixer (no Spotify session to
+    /// carry it): the daemon shares the web app's, so its `volume` event follows at once.
+    pub mixer_changed: Arc<Notify>,
 }
 
 impl JellyfinSettings {
@@ -103,6 +109,7 @@ impl JellyfinSettings {
             progress_every: Duration::from_secs(10),
             paused_check_in: PAUSED_CHECK_IN,
             cast: None,
+            mixer_changed: Arc::default(),
         }
     }
 }
@@ -111,6 +118,7 @@ impl JellyfinSettings {
 pub async fn run(
     config: Config,
     cast: Option<cast::CastSettings>,
+    mixer_changed: Arc<Notify>,
     control: ControlHandle,
     state: watch::Sender<JellyfinState>,
     cast_handle: Option<watch::Sender<Option<cast::CastHandle>>>,
@@ -128,6 +136,7 @@ pub async fn run(
     run_publishing_cast(
         JellyfinSettings {
             cast,
+            mixer_changed,
             ..JellyfinSettings::from_config(&config, server)
         },
         control,
@@ -204,6 +213,23 @@ pub async fn run_publishing_cast(
     if let (Some(slot), Some(handle)) = (&cast_handle, &cast) {
         slot.send_replace(Some(handle.clone()));
     }
+    // Remote control goes to whatever plays, as the web app's does.
+    let sources = Sources {
+        spotify: SpotifySource {
+            control: control.clone(),
+        },
+        cast: cast
+            .as_ref()
+            .zip(settings.cast.as_ref())
+            .map(|(handle, cast)| {
+                Arc::new(CastSource {
+                    handle: watch::channel(Some(handle.clone())).1,
+                    status: cast.status.clone(),
+                }) as Arc<dyn Source>
+            }),
+        mixer: settings.cast.as_ref().map(|cast| cast.mixer.clone()),
+        mixer_changed: settings.mixer_changed.clone(),
+    };
     // Play/PlayNext/PlayMediaSource are advertised only when the cast player really runs.
     api.set_cast(cast.is_some());
     let reporter = tokio::spawn(reporter::run(
@@ -274,7 +300,7 @@ pub async fn run_publishing_cast(
                 };
                 let end = socket::serve(
                     &api,
-                    &control,
+                    &sources,
                     cast.as_ref(),
                     settings.liveness,
                     &mut shutdown,

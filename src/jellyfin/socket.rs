@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::api::{Api, ApiError};
-use super::cast::{CastCommand, CastHandle};
-use super::messages::{parse, to_cast, Inbound, MuteMemory, RecentIds};
+use super::cast::CastHandle;
+use super::messages::{parse, to_source, Inbound, MuteMemory, RecentIds};
 use super::play_clock::PlayClock;
-use crate::connect::control::{Command, ControlHandle};
+use crate::source::{SourceCommand, SourceKind, Sources};
 
 /// How the socket checks that the link is alive.
 #[derive(Debug, Clone, Copy)]
@@ -51,9 +51,13 @@ pub enum SocketEnd {
 
 /// Connects, then serves the socket until it is lost or shutdown. `on_connected` runs once the
 /// socket is open (the caller re-posts capabilities there).
+///
+/// Remote control (Playstate, volume, Rewind/FastForward) goes to whatever plays, through
+/// [`Sources`], exactly as the web page's buttons do; only what starts or shapes a cast (`Play`,
+/// repeat, shuffle) goes to the cast player itself.
 pub async fn serve(
     api: &Api,
-    control: &ControlHandle,
+    sources: &Sources,
     cast: Option<&CastHandle>,
     liveness: Liveness,
     shutdown: &mut watch::Receiver<bool>,
@@ -62,7 +66,7 @@ pub async fn serve(
 ) -> SocketEnd {
     // Before connecting: Spotify's events from the moment the server can see us on, for the
     // play clock (a Rewind right after connecting skips from the right place).
-    let mut spotify_events = control.subscribe_events();
+    let mut spotify_events = sources.spotify.control.subscribe_events();
     let url = match api.socket_url() {
         Ok(url) => url,
         Err(e) => return SocketEnd::Lost(e.to_string()),
@@ -135,12 +139,7 @@ pub async fn serve(
                 last_inbound = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        // While a cast plays, the remote's commands are the cast's.
-                        let casting = cast.filter(|c| c.is_active());
-                        let volume = match casting {
-                            Some(cast) => cast.volume(),
-                            None => control.status().volume,
-                        };
+                        let volume = sources.volume();
                         match parse(text.as_str(), &mut seen, &mut mute, volume) {
                             Inbound::ForceKeepAlive { seconds } => {
                                 debug!("Jellyfin asks for a keep-alive every {} s", seconds / 2);
@@ -155,37 +154,29 @@ pub async fn serve(
                                     verify = Some(Instant::now() + Duration::from_millis(200));
                                 }
                             }
-                            Inbound::Control(commands) if casting.is_some() => {
-                                for command in &commands {
-                                    if let Some(cast) = casting {
-                                        cast.send(to_cast(command));
+                            Inbound::SeekBy(delta) => {
+                                let command = match sources.active().kind() {
+                                    SourceKind::Spotify => {
+                                        // Spotify's position is known from its events only:
+                                        // the clock makes it live. Events sent before this
+                                        // command may still wait in the channel (select! picks
+                                        // ready branches at random): the clock takes them
+                                        // first, or the skip starts from a stale position.
+                                        catch_up(&mut clock, &mut spotify_events);
+                                        let position_ms = clock.target(delta, std::time::Instant::now());
+                                        SourceCommand::Seek { position_ms: u64::from(position_ms) }
                                     }
-                                }
+                                    _ => SourceCommand::SeekBy(delta),
+                                };
+                                remote_control(sources, command).await;
                             }
-                            Inbound::SeekBy(delta) => match casting {
-                                Some(cast) => cast.send(CastCommand::SeekBy(delta)),
-                                None => {
-                                    // Events sent before this command may still wait in the
-                                    // channel (select! picks ready branches at random): the
-                                    // clock takes them first, or the skip starts from a stale
-                                    // position.
-                                    catch_up(&mut clock, &mut spotify_events);
-                                    let position_ms = clock.target(delta, std::time::Instant::now());
-                                    if let Err(e) = control.send(Command::Seek { position_ms }).await {
-                                        info!("Jellyfin skip not carried out: {e}");
-                                    }
-                                }
-                            },
                             Inbound::Cast(command) => match cast {
                                 Some(cast) => cast.send(command),
                                 None => debug!("no cast player: ignoring {command:?}"),
                             },
                             Inbound::Control(commands) => {
-                                for command in commands {
-                                    if let Err(e) = control.send(command.clone()).await {
-                                        // Spotify reconnecting or idle: say so, keep the socket.
-                                        info!("Jellyfin command {command:?} not carried out: {e}");
-                                    }
+                                for command in &commands {
+                                    remote_control(sources, to_source(command)).await;
                                 }
                             }
                             Inbound::Ignore => {}
@@ -249,6 +240,14 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// A remote-control command for the active source; one that cannot be carried out (Spotify
+/// reconnecting or idle) is logged and the socket carries on.
+async fn remote_control(sources: &Sources, command: SourceCommand) {
+    if let Err(e) = sources.command(command).await {
+        info!("Jellyfin command {command:?} not carried out: {e}");
     }
 }
 

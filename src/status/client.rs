@@ -63,6 +63,24 @@ pub fn render(status: &Value) -> String {
         },
     );
     line("volume", format!("{}%", text(&status["volume_percent"])));
+    // The audio side (with the web app on): what plays into what, and a switch that failed.
+    let audio = &status["audio"];
+    if audio.is_object() {
+        line(
+            "audio",
+            format!(
+                "{}, volume {} ({} curve)",
+                audio["device"]
+                    .as_str()
+                    .unwrap_or("null sink (no sound card)"),
+                text(&audio["volume_control"]),
+                text(&audio["curve"])
+            ),
+        );
+        if audio["error"].is_string() {
+            line("audio error", text(&audio["error"]));
+        }
+    }
     let track = &status["spotify"]["track"];
     line(
         "playing",

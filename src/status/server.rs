@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::audio::MAX_VOLUME;
+use crate::audio::{AudioState, MAX_VOLUME};
 use crate::connect::control::{ControlHandle, SpeakerStatus};
 use crate::jellyfin::cast::{CastStatus, CastStatusCell};
 use crate::jellyfin::JellyfinState;
@@ -132,7 +132,9 @@ pub async fn serve_with_web(
                         // Renamed from the web app: the supervisor keeps the start-up name.
                         status.name = web.config.borrow().name.clone();
                     }
-                    let response = route(
+                    // The audio side as the web app switched it (and why a switch failed).
+                    let audio = web.as_ref().map(|web| web.audio.state().borrow().clone());
+                    let response = route_with_audio(
                         request.method(),
                         request.uri().path(),
                         local,
@@ -140,6 +142,7 @@ pub async fn serve_with_web(
                         &jellyfin.borrow(),
                         cast.as_ref(),
                         boot_config.as_ref().as_ref(),
+                        audio.as_ref(),
                     );
                     Ok(response.map(BodyExt::boxed))
                 }
@@ -154,7 +157,8 @@ pub async fn serve_with_web(
     }
 }
 
-/// The whole page logic, pure so it is tested without sockets.
+/// [`route_with_audio`] without the web app's audio state.
+#[cfg(test)]
 fn route(
     method: &Method,
     path: &str,
@@ -163,6 +167,30 @@ fn route(
     jellyfin: &JellyfinState,
     cast: Option<&CastStatus>,
     boot_config: Option<&Value>,
+) -> Response<Full<Bytes>> {
+    route_with_audio(
+        method,
+        path,
+        local,
+        status,
+        jellyfin,
+        cast,
+        boot_config,
+        None,
+    )
+}
+
+/// The whole page logic, pure so it is tested without sockets.
+#[allow(clippy::too_many_arguments)]
+fn route_with_audio(
+    method: &Method,
+    path: &str,
+    local: bool,
+    status: &SpeakerStatus,
+    jellyfin: &JellyfinState,
+    cast: Option<&CastStatus>,
+    boot_config: Option<&Value>,
+    audio: Option<&AudioState>,
 ) -> Response<Full<Bytes>> {
     if !local {
         return plain(
@@ -177,7 +205,10 @@ fn route(
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let json = status_json(status, jellyfin, cast, boot_config);
+    let mut json = status_json(status, jellyfin, cast, boot_config);
+    if let (Some(audio), Some(object)) = (audio, json.as_object_mut()) {
+        object.insert("audio".into(), json!(audio));
+    }
     let (body, content_type) = match path {
         "/status.json" => (json.to_string(), "application/json"),
         "/" | "/status" => (html(&json), "text/html; charset=utf-8"),
@@ -401,6 +432,41 @@ mod tests {
             None,
         ));
         assert!(page.contains("cast queue       3 of 5"), "{page}");
+    }
+
+    #[test]
+    fn a_failed_audio_switch_is_on_the_page_and_in_the_json() {
+        let audio = AudioState {
+            device: Some("hw:CARD=Headphones,DEV=0".into()),
+            volume_control: "software".into(),
+            curve: crate::audio::VolumeCurveKind::Log,
+            error: Some("ALSA PCM \"hw:CARD=sndrpihifiberry,DEV=0\" cannot be opened".into()),
+        };
+        let connected = JellyfinState::Disabled;
+        let json = |path| {
+            body(route_with_audio(
+                &Method::GET,
+                path,
+                LAN,
+                &status(),
+                &connected,
+                None,
+                None,
+                Some(&audio),
+            ))
+        };
+        let v: Value = serde_json::from_str(&json("/status.json")).unwrap();
+        assert_eq!(v["audio"]["device"], "hw:CARD=Headphones,DEV=0");
+        assert!(v["audio"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sndrpihifiberry"));
+        let page = json("/");
+        assert!(page.contains("audio error"), "{page}");
+        assert!(
+            page.contains("hw:CARD=Headphones,DEV=0, volume software (log curve)"),
+            "{page}"
+        );
     }
 
     #[test]

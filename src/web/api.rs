@@ -29,7 +29,7 @@ use super::auth::{Auth, AuthError, Caller, COOKIE};
 use super::bridge::percent;
 use super::events::{parse_last_id, EventHub};
 use super::settings::SettingsFile;
-use crate::audio::MAX_VOLUME;
+use crate::audio::{LiveAudio, MAX_VOLUME};
 use crate::config::Config;
 use crate::jellyfin::JellyfinState;
 use crate::source::{SourceCommand, Sources};
@@ -57,6 +57,8 @@ pub struct WebApp {
     pub settings: Arc<SettingsFile>,
     /// The effective configuration: the daemon's appliers watch it.
     pub config: Arc<watch::Sender<Config>>,
+    /// The audio side: a new board, device or curve is switched to at once.
+    pub audio: Arc<LiveAudio>,
     pub reload: Reload,
     pub jellyfin: watch::Receiver<JellyfinState>,
     /// Comment lines on an idle event stream, so the browser notices a dead connection.
@@ -277,6 +279,7 @@ impl WebApp {
                 "percent": percent(volume),
                 "spotify": status.spotify,
                 "jellyfin": *self.jellyfin.borrow(),
+                "audio": *self.audio.state().borrow(),
                 "last_event_id": last_event_id,
             }),
         )
@@ -443,17 +446,30 @@ impl WebApp {
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
         };
         let before = self.config.borrow().clone();
+        // The audio side switches now (ALSA opens block: off the async threads). A device that
+        // cannot be opened leaves the old one playing; the setting is kept for the next start
+        // (on the SD image a new HAT's overlay loads only at boot), so it needs a restart.
+        let audio_before = self.audio.state().borrow().clone();
+        let live = self.audio.clone();
+        let spec = crate::live_settings::audio_spec(&config);
+        let switched = tokio::task::spawn_blocking(move || live.switch(spec).is_ok())
+            .await
+            .unwrap_or(false);
         let restart_needed: Vec<String> = changed
             .iter()
             .map(String::as_str)
-            .filter(|f| matches!(*f, "board" | "volume_ctrl"))
+            .filter(|f| !switched && matches!(*f, "board" | "volume_ctrl"))
             .filter(|f| match *f {
                 "board" => before.board != config.board,
                 _ => before.volume_ctrl != config.volume_ctrl,
             })
             .map(str::to_string)
             .collect();
+        let audio = self.audio.state().borrow().clone();
         self.config.send_replace(config);
+        if audio != audio_before {
+            self.hub.publish("audio", json!(audio));
+        }
         // Wi-Fi/SSH on the image: the root unit applies them; wait for its word.
         let mut applying = Vec::new();
         if let (Some(files), Some(submitted)) = (&self.settings.system, submitted) {
@@ -469,6 +485,7 @@ impl WebApp {
             "changed": changed,
             "restart_needed": restart_needed,
             "applying": applying,
+            "audio": audio,
         });
         self.hub.publish("settings", answer.clone());
         json_response(StatusCode::OK, answer)

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use super::decode::TrackDecoder;
-use super::output::{AlsaOutput, CaptureOutput, PcmOutput};
+use crate::audio::TrackDecoder;
+use crate::audio::{AlsaOutput, CaptureOutput, PcmOutput};
 
 /// What to play and where.
 #[derive(Debug, Clone)]

@@ -22,13 +22,13 @@ use log::{debug, info, warn};
 use symphonia::core::io::MediaSource;
 use tokio::sync::{mpsc, watch};
 
-use super::decode::TrackDecoder;
-use super::output::{OutputFactory, PcmOutput};
 use super::queue::{PlayCommand, PlaybackOrder, Queue, QueueItem, RepeatMode};
 use super::report::{self, CastState};
 use super::snapshot::{CastPlayState, CastStatus, CastStatusCell, FailedItem};
-use super::stream::{HttpSource, StreamSettings};
+use crate::audio::TrackDecoder;
 use crate::audio::{AudioDeviceLock, DeviceBusy, DeviceGuard, Holder, MAX_VOLUME};
+use crate::audio::{HttpSource, StreamSettings};
+use crate::audio::{OutputFactory, PcmOutput};
 use crate::connect::control::{Command, ControlHandle};
 use crate::jellyfin::api::Api;
 use crate::jellyfin::reporter::Report;

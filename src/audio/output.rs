@@ -1,7 +1,8 @@
-//! Where the cast's samples go: the configured ALSA PCM, or a capture for tests.
+//! Where decoded samples go (a source that decodes itself, such as the Jellyfin cast): the
+//! configured ALSA PCM, or a capture for tests.
 //!
-//! The PCM is opened only while a cast plays and closed on stop or when Spotify takes the device
-//! (the caller holds the [`crate::audio::DeviceGuard`] for exactly as long as it is open). It is
+//! The PCM is opened only while that source plays and closed on stop or when Spotify takes the device
+//! (the caller holds the [`super::DeviceGuard`] for exactly as long as it is open). It is
 //! opened at the track's own rate and channel count; `default`/`plughw:` convert if the card
 //! cannot take it. Writes block at the device's pace, which is what paces the decoder.
 
@@ -13,7 +14,7 @@ use alsa::{Direction, ValueOr};
 
 use super::decode::PcmFormat;
 
-/// What the cast plays into.
+/// What a decoding source plays into.
 pub trait PcmOutput: Send {
     /// (Re)opens the device for `format`; a no-op if it is open with that format already.
     fn open(&mut self, format: PcmFormat) -> Result<(), String>;
@@ -31,7 +32,7 @@ pub trait PcmOutput: Send {
     fn underruns(&self) -> u64;
 }
 
-/// Builds an output each time a cast starts.
+/// Builds an output each time such a source starts playing.
 pub type OutputFactory = Arc<dyn Fn() -> Box<dyn PcmOutput> + Send + Sync>;
 
 /// The configured ALSA PCM.

@@ -134,7 +134,7 @@ impl TrackDecoder {
                 Err(SymphoniaError::DecodeError(e)) => {
                     // One damaged packet is a click, not a failed track.
                     bad += 1;
-                    log::debug!("cast: skipping a damaged packet: {e}");
+                    log::debug!("decoder: skipping a damaged packet: {e}");
                     if bad >= MAX_BAD_PACKETS {
                         return Err(DecodeError::Corrupt(e.to_string()));
                     }

@@ -17,7 +17,15 @@ use log::debug;
 use tokio::sync::Notify;
 use url::Url;
 
-use super::super::api::{Api, ApiError};
+/// Sends the GET for `url` from byte `from` (a `Range: bytes=from-` header when `from > 0`): the
+/// source's own HTTP client, authentication and error words. The stream knows only bytes.
+pub trait StreamFetch: Clone + Send + Sync + 'static {
+    fn fetch(
+        &self,
+        url: Url,
+        from: u64,
+    ) -> impl std::future::Future<Output = Result<reqwest::Response, String>> + Send;
+}
 
 /// Sizes and patience.
 #[derive(Debug, Clone, Copy)]
@@ -92,8 +100,12 @@ pub struct HttpSource {
 impl HttpSource {
     /// Sends the request and waits for the answer's headers, so a 404/500 fails here, before the
     /// player gives the track to the decoder. `Ok(None)` if the server has no body at all.
-    pub async fn open(api: &Api, url: Url, settings: StreamSettings) -> Result<Self, ApiError> {
-        let response = api.stream(url.clone(), 0).await?;
+    pub async fn open<F: StreamFetch>(
+        fetcher: &F,
+        url: Url,
+        settings: StreamSettings,
+    ) -> Result<Self, String> {
+        let response = fetcher.fetch(url.clone(), 0).await?;
         let seekable = accepts_ranges(&response);
         let total = response.content_length().filter(|n| *n > 0);
         let shared = Arc::new(Shared {
@@ -105,7 +117,7 @@ impl HttpSource {
             room: Notify::new(),
         });
         tokio::spawn(fetch(
-            api.clone(),
+            fetcher.clone(),
             url,
             response,
             shared.clone(),
@@ -233,8 +245,8 @@ impl symphonia::core::io::MediaSource for HttpSource {
 
 /// The download task: fills the window, waits for room, restarts on a reader's seek, resumes a
 /// dropped connection.
-async fn fetch(
-    api: Api,
+async fn fetch<F: StreamFetch>(
+    fetcher: F,
     url: Url,
     first: reqwest::Response,
     shared: Arc<Shared>,
@@ -253,7 +265,7 @@ async fn fetch(
         };
         let mut body = match response.take() {
             Some(r) => r,
-            None => match api.stream(url.clone(), offset).await {
+            None => match fetcher.fetch(url.clone(), offset).await {
                 Ok(r) => r,
                 Err(e) => {
                     fail(&shared, format!("stream request: {e}"));
@@ -318,7 +330,7 @@ async fn fetch(
                 Err(e) => {
                     if seekable && resumes_left > 0 {
                         resumes_left -= 1;
-                        debug!("cast stream dropped ({e}); resuming with a range request");
+                        debug!("stream dropped ({e}); resuming with a range request");
                         break true;
                     }
                     fail(&shared, format!("stream: {}", e.without_url()));
