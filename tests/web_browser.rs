@@ -516,4 +516,32 @@ async fn browser_session() {
     assert_eq!(now["percent"], 35, "{now}");
     assert_eq!(cdp.eval("window.noReload").await, json!(1), "no reload");
     cdp.screenshot("web-5-volume.png").await;
+
+    // 5. A DAC that cannot be opened (this machine has no sound card): saved for the next start,
+    // the page says why the switch failed and that the old output stays in use.
+    cdp.until(
+        "the output in use",
+        "document.getElementById('audio').textContent.startsWith('Output ')",
+    )
+    .await;
+    cdp.set_value("s-board", "hifiberry-dac").await;
+    cdp.eval("document.getElementById('settings-msg').textContent = '', true")
+        .await;
+    cdp.click("save").await;
+    cdp.until(
+        "the answer to the board change",
+        "document.getElementById('settings-msg').textContent.includes('board apply at the next restart')",
+    )
+    .await;
+    cdp.until(
+        "why the new DAC failed",
+        "document.getElementById('audio').textContent.includes('The new one failed')",
+    )
+    .await;
+    println!(
+        "page after a DAC that cannot open: {}",
+        cdp.eval("document.getElementById('audio').textContent")
+            .await
+    );
+    cdp.screenshot("web-6-dac-failed.png").await;
 }

@@ -37,6 +37,14 @@ function showVolume(percent) {
   if (document.activeElement !== $("volume")) $("volume").value = percent;
 }
 
+// The output in use, and why a new DAC could not be opened (the old one stays in use).
+function showAudio(a) {
+  if (!a) return;
+  const where = (a.device || "no sound card") + ", " + a.volume_control;
+  $("audio").textContent = a.error ? "Output " + where + ". The new one failed: " + a.error : "Output " + where;
+  $("audio").className = a.error ? "err" : "muted";
+}
+
 function showNow(n) {
   $("name").textContent = n.name; document.title = n.name;
   const a = n.active;
@@ -46,6 +54,7 @@ function showNow(n) {
   $("track").textContent = [a.title, (a.artists || []).join(", "), a.album].filter(Boolean).join(" — ");
   showVolume(n.percent);
   showJellyfin(n.jellyfin);
+  showAudio(n.audio);
 }
 
 // The newest event id the page has shown. An /api/now answer read before it (its
@@ -74,6 +83,7 @@ function listen() {
   for (const k of ["playing", "paused", "stopped", "track", "source", "seeked"]) on(k, refresh);
   on("volume", (d) => showVolume(d.percent));
   on("jellyfin", showJellyfin);
+  on("audio", showAudio);
   on("connection", (d) => { $("conn").textContent = "Spotify: " + d.state; });
   on("settings", () => { refresh(); loadSettings(); });
   on("resync", refresh);
