@@ -271,11 +271,16 @@ impl ApLinkTuner {
             if conn.inode == 0 || self.tuned.contains(&conn.inode) {
                 continue;
             }
-            for fd in own_fds_for_inode(conn.inode)? {
-                tune_fd(fd, &self.tuning)?;
+            let fds = own_fds_for_inode(conn.inode)?;
+            for fd in &fds {
+                tune_fd(*fd, &self.tuning)?;
             }
+            // Remembered either way so it is looked at once; reported only when it was ours
+            // (the namespace may hold another client's connection to the same port).
             self.tuned.insert(conn.inode);
-            newly.push(conn);
+            if !fds.is_empty() {
+                newly.push(conn);
+            }
         }
         Ok(newly)
     }
@@ -368,12 +373,16 @@ mod tests {
     fn the_tuner_follows_the_port_librespot_connected_to() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _server = listener.accept().unwrap();
         crate::logging::note_session_info(&format!("Connecting to AP \"ap.spotify.com:{port}\""));
         let mut tuner = ApLinkTuner::new(AP_PORT, LinkTuning::default());
         let tuned = tune_current_port(&mut tuner).unwrap();
-        assert_eq!(tuned.len(), 1, "the connection on port {port} is tuned");
+        let local = client.local_addr().unwrap();
+        assert!(
+            tuned.iter().any(|c| c.local == local),
+            "the connection on port {port} is tuned: {tuned:?}"
+        );
     }
 
     /// Another process's connection to the same port is listed namespace-wide but not owned.
@@ -392,15 +401,21 @@ mod tests {
         let child = other
             .as_mut()
             .expect("bash (for its /dev/tcp) runs the other client");
-        let _other_side = listener.accept().unwrap();
+        let (_other_side, other_addr) = listener.accept().unwrap();
         let me = std::process::id();
         let all = connections_to_port(Some(me), port).unwrap();
         let owned = owned_connections_to_port(me, port).unwrap();
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(owned.len(), 1, "{owned:?}");
-        assert_eq!(owned[0].local, ours.local_addr().unwrap());
-        assert_eq!(all.len(), 2, "the namespace-wide list has both: {all:?}");
+        let ours = ours.local_addr().unwrap();
+        // Rows are matched by address: on a busy machine the namespace may hold other
+        // connections with the same remote port, which this test neither owns nor counts.
+        assert!(owned.iter().any(|c| c.local == ours), "{owned:?}");
+        assert!(!owned.iter().any(|c| c.local == other_addr), "{owned:?}");
+        assert!(
+            all.iter().any(|c| c.local == ours) && all.iter().any(|c| c.local == other_addr),
+            "the namespace-wide list has both: {all:?}"
+        );
     }
 
     #[test]
@@ -409,15 +424,19 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _server = listener.accept().unwrap();
-        let ours = connections_to_port(None, port).unwrap();
-        assert_eq!(ours.len(), 1);
-        assert_eq!(ours[0].local, client.local_addr().unwrap());
+        let local = client.local_addr().unwrap();
+        // The list is namespace-wide: on a busy machine (CI) another connection in the
+        // namespace can have the same remote port, so the test looks for its own row only.
+        let listed = connections_to_port(None, port).unwrap();
+        assert!(listed.iter().any(|c| c.local == local), "{listed:?}");
 
         let mut tuner = ApLinkTuner::new(port, LinkTuning::default());
-        assert_eq!(tuner.tune_new().unwrap().len(), 1);
+        let first = tuner.tune_new().unwrap();
+        assert!(first.iter().any(|c| c.local == local), "{first:?}");
+        let second = tuner.tune_new().unwrap();
         assert!(
-            tuner.tune_new().unwrap().is_empty(),
-            "each socket is tuned once"
+            !second.iter().any(|c| c.local == local),
+            "each socket is tuned once: {second:?}"
         );
 
         let mut value: i32 = 0;
