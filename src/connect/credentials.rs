@@ -15,6 +15,8 @@ const CREDENTIALS_FILE: &str = "credentials.json";
 const DEVICE_ID_FILE: &str = "device_id";
 /// See [`CredentialStore::login_deaths`].
 const LOGIN_MARKER_FILE: &str = "login-in-flight";
+/// See [`CredentialStore::premium_required`].
+const PREMIUM_NOTE_FILE: &str = "premium-required";
 
 /// Reusable credentials on disk.
 #[derive(Debug, Clone)]
@@ -121,6 +123,36 @@ impl CredentialStore {
     }
 }
 
+impl CredentialStore {
+    fn premium_note_path(&self) -> PathBuf {
+        self.path.with_file_name(PREMIUM_NOTE_FILE)
+    }
+
+    /// Whether the credentials were last set aside because the account has no Premium: kept on
+    /// disk so the status page still says why after a reboot, when there are no credentials
+    /// left to try and nothing else would tell the user.
+    pub fn premium_required(&self) -> bool {
+        self.premium_note_path().exists()
+    }
+
+    /// Sets or clears the note. Clearing an absent note writes nothing (the SD card is spared
+    /// at each reconnect).
+    pub fn set_premium_required(&self, required: bool) {
+        let path = self.premium_note_path();
+        let result = if required {
+            state::write_atomic_with_mode(&path, b"Spotify Premium is required\n", 0o644)
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
+        if let Err(e) = result {
+            warn!("cannot update {}: {e}", path.display());
+        }
+    }
+}
+
 /// Where cached credentials live; [`CredentialStore`] in production.
 pub trait CredentialCache: Send {
     fn load(&self) -> Option<Credentials>;
@@ -130,6 +162,9 @@ pub trait CredentialCache: Send {
     /// [`CredentialStore::login_deaths`]).
     fn login_deaths(&self) -> u32;
     fn set_login_deaths(&self, deaths: u32);
+    /// See [`CredentialStore::premium_required`].
+    fn premium_required(&self) -> bool;
+    fn set_premium_required(&self, required: bool);
 }
 
 impl CredentialCache for CredentialStore {
@@ -152,6 +187,12 @@ impl CredentialCache for CredentialStore {
     }
     fn set_login_deaths(&self, deaths: u32) {
         CredentialStore::set_login_deaths(self, deaths)
+    }
+    fn premium_required(&self) -> bool {
+        CredentialStore::premium_required(self)
+    }
+    fn set_premium_required(&self, required: bool) {
+        CredentialStore::set_premium_required(self, required)
     }
 }
 
@@ -226,6 +267,18 @@ mod tests {
         store.set_login_deaths(0);
         assert_eq!(store.login_deaths(), 0);
         store.set_login_deaths(0);
+    }
+
+    #[test]
+    fn the_premium_note_outlives_the_process_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(dir.path());
+        assert!(!store.premium_required());
+        store.set_premium_required(true);
+        assert!(CredentialStore::new(dir.path()).premium_required());
+        store.set_premium_required(false);
+        assert!(!CredentialStore::new(dir.path()).premium_required());
+        store.set_premium_required(false);
     }
 
     #[test]

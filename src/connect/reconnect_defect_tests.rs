@@ -73,11 +73,30 @@ async fn a_free_account_stops_the_restart_loop_and_says_premium_is_required() {
         "still discoverable"
     );
     assert!(status.premium_required);
+    assert!(
+        h.store.0.lock().unwrap().premium_required,
+        "the reason is kept on disk"
+    );
+    // A reboot: no credentials are left to try, and the page still says why.
+    h.stop().await;
+    let h = restart();
+    h.until(
+        Duration::from_secs(60),
+        "premium required after a restart",
+        |_| h.handle.status().premium_required,
+    )
+    .await;
+    assert_eq!(h.world.lock().unwrap().requests.len(), 2, "no login tried");
+    assert_eq!(h.handle.status().spotify, SpotifyState::Discovery);
     // A Premium user picks the speaker: it connects and the message goes.
     h.world.lock().unwrap().premium = true;
     h.discovered.send(creds("premium")).await.unwrap();
     active(&h, 0).await;
     assert!(!h.handle.status().premium_required);
+    assert!(
+        !h.store.0.lock().unwrap().premium_required,
+        "the note goes with the message"
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(
         h.store.0.lock().unwrap().login_deaths,

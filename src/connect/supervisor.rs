@@ -501,6 +501,7 @@ impl<B: ConnectBackend> Supervisor<B> {
             s.volume = told;
             s.premium_required = false;
         });
+        self.store.set_premium_required(false);
         // Only a reconnect of a speaker that was the active device needs the transfer
         // fallback; one that was not has nothing to restore.
         let mut transfer_deadline = match self.frozen_intent {

@@ -25,6 +25,7 @@ pub struct StoreLog {
     pub saved: usize,
     pub set_aside: Vec<String>,
     pub login_deaths: u32,
+    pub premium_required: bool,
 }
 
 #[derive(Clone, Default)]
@@ -49,6 +50,12 @@ impl CredentialCache for FakeStore {
     }
     fn set_login_deaths(&self, deaths: u32) {
         self.0.lock().unwrap().login_deaths = deaths;
+    }
+    fn premium_required(&self) -> bool {
+        self.0.lock().unwrap().premium_required
+    }
+    fn set_premium_required(&self, required: bool) {
+        self.0.lock().unwrap().premium_required = required;
     }
 }
 

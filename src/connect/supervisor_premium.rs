@@ -14,6 +14,12 @@ impl<B: ConnectBackend> Supervisor<B> {
     pub(super) fn check_exit_loop(&mut self, credentials: &mut Option<Credentials>) {
         self.marker_base = self.store.login_deaths();
         if self.marker_base < DEATHS_MEAN_NO_PREMIUM {
+            if credentials.is_none() && self.store.premium_required() {
+                // Set aside by an earlier run (before a reboot, say): still the reason the
+                // speaker waits to be picked, and nothing else would say so.
+                error!("Spotify Premium is required: the last account that picked this speaker has no Premium; pick it in the Spotify app with a Premium account");
+                self.publish(|s| s.premium_required = true);
+            }
             return;
         }
         if credentials.is_some() {
@@ -24,6 +30,7 @@ impl<B: ConnectBackend> Supervisor<B> {
             self.store
                 .set_aside("belong to an account without Spotify Premium");
             *credentials = None;
+            self.store.set_premium_required(true);
             self.publish(|s| s.premium_required = true);
         }
         self.store.set_login_deaths(0);

@@ -35,6 +35,10 @@ impl CredentialCache for OneUser {
         0
     }
     fn set_login_deaths(&self, _: u32) {}
+    fn premium_required(&self) -> bool {
+        false
+    }
+    fn set_premium_required(&self, _: bool) {}
 }
 
 struct Speaker {
