@@ -190,7 +190,9 @@ fn twenty_drops_each_restored_with_one_session() {
         start.elapsed()
     };
     // Deadlines are generous (a loaded CI machine); the restore times are printed as figures.
-    wait("first registration", Duration::from_secs(30), &|| healthy(1));
+    wait("first registration", Duration::from_secs(30), &|| {
+        healthy(1)
+    });
 
     let mut restore_times = Vec::new();
     for cycle in 0..20 {
