@@ -61,7 +61,7 @@ if [ ${#APT_LINES[@]} -eq 0 ]; then
   APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
 fi
 
-STEPS=8
+STEPS=9
 step_no=0
 T0=$SECONDS
 step() { step_no=$((step_no + 1)); printf '\n==> [%d/%d] %s  (%ds)\n' "$step_no" "$STEPS" "$*" "$((SECONDS - T0))"; }
@@ -207,20 +207,58 @@ cp -a "$ROOT/var/lib/systemd" "$ROOT/data/systemd"
 install -d -m 0700 "$ROOT/data/ssh"
 # Left empty on the root: it is a mount point.
 find "$ROOT/var/lib/pispeaker" -mindepth 1 -delete
-echo "boot partition: $(ls "$ROOT/boot/firmware" | wc -l) files; cmdline.txt: $(cat "$ROOT/boot/firmware/cmdline.txt")"
 
 # ---------------------------------------------------------------------------------------------
-step "partitioned image (genimage: FAT boot, ext4 root, ext4 data; no loop devices)"
+step "A/B boot files: slot A's kernel, initrd, device trees, overlays and cmdline.txt under slotA/"
+# The Pi firmware reads kernel=, initramfs, the device trees, overlays/ and cmdline.txt from under
+# config.txt's os_prefix= (image/rauc/README.md); the firmware itself (bootcode.bin, start*.elf,
+# fixup*.dat), config.txt, what it includes and our settings stay at the top.
+FW=$ROOT/boot/firmware
+kernel=$(sed -n 's/^kernel=//p' "$FW/config.txt" | tail -n1)
+initrd=$(sed -n 's/^initramfs[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/p' "$FW/config.txt" | tail -n1)
+[ -n "$kernel" ] && [ -s "$FW/$kernel" ] || die "config.txt names no kernel on the boot partition (kernel=$kernel)"
+[ -n "$initrd" ] && [ -s "$FW/$initrd" ] || die "config.txt names no initramfs on the boot partition (initramfs $initrd)"
+grep -q '^[[:space:]]*os_prefix=' "$FW/config.txt" && die "config.txt already has an os_prefix= line"
+mkdir "$FW/slotA"
+mv "$FW/$kernel" "$FW/$initrd" "$FW"/*.dtb "$FW/overlays" "$FW/slotA/"
+# The slot's own root partition, by PARTUUID (genimage.cfg), and the slot's name for RAUC.
+DISK_SIGNATURE=0x7073706b # "pspk": fixed, see genimage.cfg
+ROOT_A="PARTUUID=${DISK_SIGNATURE#0x}-02"
+grep -q 'root=' "$FW/cmdline.txt" || die "cmdline.txt has no root= to replace: $(cat "$FW/cmdline.txt")"
+sed -E "s#(^| )root=[^ ]*#\1root=$ROOT_A#; s/[[:space:]]*\$/ rauc.slot=A/" "$FW/cmdline.txt" > "$FW/slotA/cmdline.txt"
+rm "$FW/cmdline.txt"
+printf '%s\n' "" "# A/B root slots (image/rauc/): the kernel, initramfs, device trees, overlays and" \
+  "# cmdline.txt come from this directory. RAUC's pispeaker-slot switches it; do not edit." \
+  "[all]" "os_prefix=slotA/" >> "$FW/config.txt"
+# The slots' boot state (pispeaker-slot): A is the one this image boots, B holds nothing yet.
+printf '%s\n' "# A/B boot state for image/rauc/pispeaker-slot and the initramfs: good, bad or try:N" \
+  "# (N boots left for a new slot to reach READY). Do not edit by hand." "A=good" "B=bad" > "$FW/pispeaker-slots.txt"
+# What RAUC's backend will accept as a complete slot is what the firmware will boot.
+PISPEAKER_BOOT_DIR=$FW sh image/rauc/pispeaker-slot get-primary | grep -qx A || die "pispeaker-slot does not read slot A from config.txt"
+echo "boot partition: $(ls "$FW" | wc -l) entries, slotA/: $(ls "$FW/slotA" | wc -l); slotA/cmdline.txt: $(cat "$FW/slotA/cmdline.txt")"
+
+# ---------------------------------------------------------------------------------------------
+step "partitioned image (genimage: FAT boot, ext4 root A, empty root B, ext4 data; no loop devices)"
 root_mb=$(du -sm --exclude="$ROOT/boot/firmware" --exclude="$ROOT/data" "$ROOT" | cut -f1)
-# ext4 metadata and a margin: the root is read-only, so it only needs room for what is there.
-ROOT_SIZE=$(( (root_mb * 115 / 100 + 64 + 15) / 16 * 16 ))M
-sed "s/@ROOT_SIZE@/$ROOT_SIZE/" image/genimage.cfg > "$WORK/genimage.cfg"
+# Both root slots have one fixed size, the same in every build: an update bundle's root file
+# system (the same root.ext4) must fit the slot of every speaker flashed before it. 768 MB is
+# the root (~450 MB today) with room to grow; the card image is padded to 2 GiB (below).
+ROOT_SLOT_MB=768
+need_mb=$(( root_mb * 115 / 100 + 64 ))
+[ "$need_mb" -le "$ROOT_SLOT_MB" ] || die "the root file system (${root_mb} MB, ${need_mb} MB with ext4 metadata) no longer fits a ${ROOT_SLOT_MB} MB root slot: raising the slot size breaks updates of speakers flashed before"
+ROOT_SIZE=${ROOT_SLOT_MB}M
+sed "s/@ROOT_SIZE@/$ROOT_SIZE/g; s/@DISK_SIGNATURE@/$DISK_SIGNATURE/" image/genimage.cfg > "$WORK/genimage.cfg"
 NAME="pispeaker-$VERSION-armhf"
 mkdir -p "$WORK/out" "$WORK/in"
 genimage --config "$WORK/genimage.cfg" --rootpath "$ROOT" --tmppath "$WORK/gtmp" \
   --inputpath "$WORK/in" --outputpath "$WORK/out" >"$WORK/genimage.log" 2>&1 \
   || { tail -n 30 "$WORK/genimage.log" >&2; die "genimage failed (log above)"; }
 IMG="$WORK/out/pispeaker.img"
+# A power-of-two size, which qemu's Pi machines require of an SD card (the zeros compress away).
+img_size=$(stat -c %s "$IMG")
+pow2=1
+while [ "$pow2" -lt "$img_size" ]; do pow2=$((pow2 * 2)); done
+truncate -s "$pow2" "$IMG"
 sfdisk -d "$IMG" | sed 's/^/  /'
 
 # ---------------------------------------------------------------------------------------------
