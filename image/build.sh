@@ -2,6 +2,7 @@
 # Builds the flashable SD image for Raspberry Pi 2 / 3 / Zero 2 W (32-bit, armhf):
 #
 #   sudo bash image/build.sh            ->  image/out/pispeaker-<version>-armhf.img.xz (+ .sha256)
+#                                           and pispeaker-<version>-armhf.raucb (the update bundle)
 #
 # Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
 # build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
@@ -18,6 +19,11 @@
 #   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
 #   --deb FILE         PISPEAKER_IMAGE_DEB        use this armhf .deb instead of building one
 #                                                 (scripts/cross-armv7.sh deb makes it)
+#   --sign-key FILE    PISPEAKER_IMAGE_SIGN_KEY   the update signing key (PEM) and its certificate:
+#   --sign-cert FILE   PISPEAKER_IMAGE_SIGN_CERT  the image trusts only this certificate, and the
+#                                                 update bundle beside the image is signed with the
+#                                                 key. Without them a development pair is made in
+#                                                 image/keys/ (git-ignored) and used, and said so
 #   --keep-work                                   keep the unpacked trees (for debugging)
 #   --host-tools                                  only install the host tools (step 1), then stop
 #   --base-only                                   only build the cached root file system (steps 1
@@ -36,6 +42,8 @@ OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
 CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
 NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
 DEB=${PISPEAKER_IMAGE_DEB:-}
+SIGN_KEY=${PISPEAKER_IMAGE_SIGN_KEY:-}
+SIGN_CERT=${PISPEAKER_IMAGE_SIGN_CERT:-}
 KEEP_WORK=""
 ONLY=""
 APT_LINES=()
@@ -50,10 +58,12 @@ while [ $# -gt 0 ]; do
     --cache) CACHE=$2; shift 2 ;;
     --no-cache) NO_CACHE=1; shift ;;
     --deb) DEB=$2; shift 2 ;;
+    --sign-key) SIGN_KEY=$2; shift 2 ;;
+    --sign-cert) SIGN_CERT=$2; shift 2 ;;
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +71,7 @@ if [ ${#APT_LINES[@]} -eq 0 ]; then
   APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
 fi
 
-STEPS=9
+STEPS=10
 step_no=0
 T0=$SECONDS
 step() { step_no=$((step_no + 1)); printf '\n==> [%d/%d] %s  (%ds)\n' "$step_no" "$STEPS" "$*" "$((SECONDS - T0))"; }
@@ -73,11 +83,13 @@ command -v apt-get >/dev/null || die "this builder needs Debian bookworm (or new
 # The packages of the image. Only what a headless speaker needs: the armmp kernel (Pi 2/3/Zero 2 W
 # device trees, snd-bcm2835, snd-usb-audio, brcmfmac), the Pi boot firmware, Wi-Fi firmware and
 # regulatory data, systemd-networkd/resolved/timesyncd (the Pi has no clock), ALSA tools, iptables
-# for `pispeaker drop-test`, and an SSH server that stays off unless the boot config enables it.
+# for `pispeaker drop-test`, an SSH server that stays off unless the boot config enables it, and
+# RAUC with its D-Bus service for the A/B updates (image/rauc/).
 PACKAGES=(
   systemd systemd-sysv systemd-resolved systemd-timesyncd udev dbus kmod
   linux-image-armmp raspi-firmware firmware-brcm80211 wireless-regdb wpasupplicant
   iproute2 iptables ca-certificates alsa-utils libasound2 adduser openssh-server
+  rauc rauc-service
 )
 # Documentation, manual pages and translations are not read on a speaker.
 DPKG_OPTS=(
@@ -89,7 +101,7 @@ DPKG_OPTS=(
 step "host tools"
 need=()
 for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler \
-         gcc-12-arm-linux-gnueabihf make; do
+         gcc-12-arm-linux-gnueabihf make rauc squashfs-tools openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -107,6 +119,34 @@ arch-test armhf >/dev/null 2>&1 || die "this machine cannot run armhf programs (
 echo "mmdebstrap $(mmdebstrap --version | awk '{print $2}'), genimage $(dpkg-query -W -f='${Version}' genimage), apt sources:"
 printf '  %s\n' "${APT_LINES[@]}"
 [ "$ONLY" = host-tools ] && exit 0
+
+# The update signing pair: the image's RAUC keyring is exactly this certificate, and the bundle
+# is signed with its key. Checked now, before the long steps.
+if [ "$ONLY" != base ]; then
+  if [ -z "$SIGN_KEY" ] && [ -z "$SIGN_CERT" ]; then
+    keys=$REPO/image/keys
+    SIGN_KEY=$keys/development.key.pem SIGN_CERT=$keys/development.cert.pem
+    if [ ! -f "$SIGN_KEY" ] || [ ! -f "$SIGN_CERT" ]; then
+      mkdir -p "$keys"
+      # Self-signed: the certificate is its own trust anchor. The same names and subject as
+      # image/rauc/make-bundle.sh's development pair, so either script reuses the other's.
+      (umask 077 && openssl req -x509 -newkey rsa:4096 -nodes -days 36500 \
+        -subj "/O=pispeaker/CN=pispeaker development update signing" \
+        -keyout "$SIGN_KEY" -out "$SIGN_CERT" 2>/dev/null) || die "openssl could not make a key pair in $keys"
+      echo "made a DEVELOPMENT update signing pair: $SIGN_KEY and $SIGN_CERT (git-ignored)"
+    fi
+    echo "warning: no --sign-key/--sign-cert: the image trusts the DEVELOPMENT certificate $SIGN_CERT and the bundle is signed with its key; only bundles built from this checkout will install. Pass --sign-key and --sign-cert for a release." >&2
+  elif [ -z "$SIGN_KEY" ] || [ -z "$SIGN_CERT" ]; then
+    die "--sign-key and --sign-cert go together (the key signs the bundle, the image trusts the certificate)"
+  fi
+  [ -f "$SIGN_KEY" ] || die "no signing key at $SIGN_KEY"
+  [ -f "$SIGN_CERT" ] || die "no certificate at $SIGN_CERT"
+  SIGN_KEY=$(realpath "$SIGN_KEY") SIGN_CERT=$(realpath "$SIGN_CERT")
+  cert_pub=$(openssl x509 -in "$SIGN_CERT" -noout -pubkey 2>/dev/null) || die "$SIGN_CERT is not a PEM certificate"
+  key_pub=$(openssl pkey -in "$SIGN_KEY" -pubout 2>/dev/null) || die "$SIGN_KEY is not a PEM private key (without a passphrase)"
+  [ "$cert_pub" = "$key_pub" ] || die "$SIGN_KEY is not the key of $SIGN_CERT: bundles signed with it would not install on this image"
+  echo "update signing: $(openssl x509 -in "$SIGN_CERT" -noout -subject)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
@@ -173,6 +213,11 @@ cp "$DEB" "$ROOT/tmp/pispeaker.deb"
 chroot "$ROOT" dpkg -i /tmp/pispeaker.deb >/dev/null
 rm -f "$ROOT/tmp/pispeaker.deb"
 cp -rT --no-preserve=ownership image/rootfs "$ROOT"
+# RAUC (image/rauc/): its view of the slots, the Pi firmware backend, and the one certificate
+# it trusts.
+install -D -m 0644 image/rauc/system.conf "$ROOT/etc/rauc/system.conf"
+install -D -m 0755 image/rauc/pispeaker-slot "$ROOT/usr/lib/pispeaker/pispeaker-slot"
+install -m 0644 "$SIGN_CERT" "$ROOT/etc/rauc/keyring.pem"
 install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
 chroot "$ROOT" /tmp/customize.sh
 rm -f "$ROOT/tmp/customize.sh"
@@ -205,6 +250,8 @@ mkdir -p "$ROOT/data"
 install -d -m 0700 -o "$(chroot "$ROOT" id -u pispeaker)" -g "$(chroot "$ROOT" id -g pispeaker)" "$ROOT/data/pispeaker"
 cp -a "$ROOT/var/lib/systemd" "$ROOT/data/systemd"
 install -d -m 0700 "$ROOT/data/ssh"
+# RAUC's slot status and install history (system.conf data-directory).
+install -d -m 0700 "$ROOT/data/rauc"
 # Left empty on the root: it is a mount point.
 find "$ROOT/var/lib/pispeaker" -mindepth 1 -delete
 
@@ -269,6 +316,18 @@ mv "$OUT/$NAME.img.xz.partial" "$OUT/$NAME.img.xz"
 (cd "$OUT" && sha256sum "$NAME.img.xz" > "$NAME.img.xz.sha256")
 
 # ---------------------------------------------------------------------------------------------
+step "update bundle (RAUC, verity): the same root file system, signed"
+t=$SECONDS
+sh image/rauc/make-bundle.sh "$WORK/out/root.ext4" "$VERSION" "$OUT" --key "$SIGN_KEY" --cert "$SIGN_CERT" \
+  || die "the update bundle could not be made (above)"
+BUNDLE=$OUT/$NAME.raucb
+[ -s "$BUNDLE" ] || die "make-bundle.sh did not write $BUNDLE"
+(cd "$OUT" && sha256sum "$NAME.raucb" > "$NAME.raucb.sha256")
+rauc info --keyring="$SIGN_CERT" --conf=image/rauc/system.conf "$BUNDLE" >/dev/null 2>"$WORK/rauc-info.log" \
+  || { cat "$WORK/rauc-info.log" >&2; die "the bundle does not verify against the image's certificate"; }
+bundle_s=$((SECONDS - t))
+
+# ---------------------------------------------------------------------------------------------
 step "what takes the space"
 du -xsm "$ROOT"/usr/lib/modules "$ROOT"/usr/lib/firmware "$ROOT"/boot/firmware "$ROOT"/boot \
   "$ROOT"/usr/lib/arm-linux-gnueabihf "$ROOT"/usr/share "$ROOT"/usr/bin "$ROOT"/usr/sbin "$ROOT"/var 2>/dev/null \
@@ -278,4 +337,5 @@ xz_bytes=$(stat -c %s "$OUT/$NAME.img.xz")
 echo
 echo "image: $OUT/$NAME.img.xz ($((xz_bytes / 1000000)) MB compressed, $((img_bytes / 1000000)) MB written to the card; root file system ${root_mb} MB)"
 echo "checksum: $OUT/$NAME.img.xz.sha256"
-echo "image figures: build ${SECONDS}s, compressed $xz_bytes bytes, uncompressed $img_bytes bytes"
+echo "bundle: $BUNDLE ($(( $(stat -c %s "$BUNDLE") / 1000000 )) MB, made and verified in ${bundle_s} s)"
+echo "image figures: build ${SECONDS}s, compressed $xz_bytes bytes, uncompressed $img_bytes bytes, bundle $(stat -c %s "$BUNDLE") bytes (${bundle_s}s)"

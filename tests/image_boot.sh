@@ -15,7 +15,7 @@
 # Checked: the speaker reaches READY; answers zeroconf getInfo from the host (port forward);
 # found the USB card's hardware volume control; follows volumes set with amixer in the guest;
 # reports the invalid boot setting on its status page and still runs; A/B slots: the firmware's
-# choice is slot A; read-only root, state on
+# choice is slot A, RAUC reports slot A booted; read-only root, state on
 # PSDATA, root locked, volatile journal; `ss -ltnup` lists only the speaker's own sockets; and,
 # last, a Jellyfin cast: the fake Jellyfin server (tests/image/fake_jellyfin_cast.rs) runs on the
 # host, the guest reaches it at 10.0.2.2 through qemu's user network, registers with Quick
@@ -170,6 +170,11 @@ probe_all "journal " | sed 's/^/  /'
 ready_us=$(probe ready_us=)
 pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started (host wall time to the probe's end: $(( $(date +%s) - started )) s)"
 echo "FIGURE boot-to-READY on virt (emulated, TCG): $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started"
+
+# A/B: RAUC's view of the boot.
+probe_all "rauc " | sed 's/^/  rauc status: /'
+[ "$(probe rauc_booted=)" = A ] || die "rauc status does not report slot A booted: $(probe_all 'rauc ' | tr '\n' ' ')"
+pass "RAUC: slot A booted ($(probe rauc_compatible=))"
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"

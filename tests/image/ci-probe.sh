@@ -16,6 +16,11 @@ done
 out "state=$state"
 out "ready_us=$(systemctl show -p ActiveEnterTimestampMonotonic --value pispeaker.service)"
 out "uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# A/B (image/rauc/): RAUC's view of the boot.
+rauc status --output-format=shell 2>&1 | while IFS= read -r line; do out "rauc $line"; done
+out "rauc_booted=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_BOOTED_BOOTNAME='*\([^']*\)'*$/\1/p")"
+out "rauc_compatible=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_COMPATIBLE='*\([^']*\)'*$/\1/p")"
 out "root_mount=$(findmnt -no OPTIONS /)"
 out "data_mount=$(findmnt -no SOURCE,OPTIONS /var/lib/pispeaker | tr ' ' ,)"
 out "root_password=$(passwd -S root | cut -d' ' -f2)"
