@@ -15,7 +15,8 @@
 # Checked: the speaker reaches READY; answers zeroconf getInfo from the host (port forward);
 # found the USB card's hardware volume control; follows volumes set with amixer in the guest;
 # reports the invalid boot setting on its status page and still runs; A/B slots: the firmware's
-# choice is slot A, RAUC reports slot A booted; read-only root, state on
+# choice is slot A, RAUC reports slot A booted, and the slot put on trial before the boot
+# (A=try:3) is marked good after READY by pispeaker-mark-good.service; read-only root, state on
 # PSDATA, root locked, volatile journal; `ss -ltnup` lists only the speaker's own sockets; and,
 # last, a Jellyfin cast: the fake Jellyfin server (tests/image/fake_jellyfin_cast.rs) runs on the
 # host, the guest reaches it at 10.0.2.2 through qemu's user network, registers with Quick
@@ -115,6 +116,9 @@ jellyfin_server = "http://10.0.2.2:$JELLYFIN_PORT"
 TOML
 mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
 mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
+# Slot A on trial, as after an update: the boot must mark it good once the speaker is READY.
+sed 's/^A=good$/A=try:3/' "$WORK/pispeaker-slots.txt" > "$WORK/slots-trial.txt"
+mcopy -o -i "$FAT" "$WORK/slots-trial.txt" ::pispeaker-slots.txt
 
 # admin-password on the FAT before the first boot (pispeaker-adopt-password.service): gone after
 # the boot, and the web app takes it. Notepad's line ending on purpose.
@@ -171,10 +175,13 @@ ready_us=$(probe ready_us=)
 pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started (host wall time to the probe's end: $(( $(date +%s) - started )) s)"
 echo "FIGURE boot-to-READY on virt (emulated, TCG): $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started"
 
-# A/B: RAUC's view of the boot.
+# A/B: RAUC's view of the boot, and the mark-good unit after READY.
 probe_all "rauc " | sed 's/^/  rauc status: /'
 [ "$(probe rauc_booted=)" = A ] || die "rauc status does not report slot A booted: $(probe_all 'rauc ' | tr '\n' ' ')"
-pass "RAUC: slot A booted ($(probe rauc_compatible=))"
+[ "$(probe markgood_state=)" = "active,success" ] || die "pispeaker-mark-good.service: $(probe markgood_state=) ($(probe markgood_log=))"
+[ "$(probe markgood_after_ready=)" = yes ] || die "pispeaker-mark-good.service ran before the speaker was READY: $(probe markgood_order=)"
+[ "$(probe slot_A=)" = good ] || die "slot A is $(probe slot_A=) in pispeaker-slots.txt after mark-good (it was try:3)"
+pass "RAUC: slot A booted ($(probe rauc_compatible=)); pispeaker-mark-good.service ran after READY ($(probe markgood_order=)) and slot A went from try:3 to good ($(probe markgood_log=))"
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"
@@ -256,6 +263,10 @@ kill -TERM "$QEMU_PID" 2>/dev/null || true
 wait "$QEMU_PID" 2>/dev/null || true
 QEMU_PID=""
 [ -s "$WORK/out.wav" ] || die "qemu recorded no WAV from the emulated USB DAC"
+# The mark-good write reached the card itself (fsync, rename, fsync of the directory).
+mcopy -o -i "$FAT" ::pispeaker-slots.txt "$WORK/slots-after.txt"
+grep -qx 'A=good' "$WORK/slots-after.txt" || die "pispeaker-slots.txt on the card after the boot: $(tr '\n' ' ' < "$WORK/slots-after.txt")"
+pass "the card's pispeaker-slots.txt says A=good after the boot (it was A=try:3)"
 # Both as mono 8 kHz: the sweeps stay below 3 kHz, and the comparison is 36x cheaper.
 sox "$WORK/track.flac" -r 8000 -c 1 -e signed -b 16 "$WORK/source.raw"
 sox "$WORK/out.wav" -r 8000 -c 1 -e signed -b 16 "$WORK/captured.raw" 2>/dev/null \
