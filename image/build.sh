@@ -170,19 +170,21 @@ fi
 # goes into it and reused while that stays the same.
 step "root file system from Debian bookworm armhf (mmdebstrap)"
 mkdir -p "$CACHE" "$OUT"
-key=$( (printf '%s\n' "v3" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat) | sha256sum | cut -c1-16)
+key=$( (printf '%s\n' "v3" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat; cat image/rauc/pispeaker-slot) | sha256sum | cut -c1-16)
 BASE="$CACHE/base-$key.tar"
 if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
   echo "mmdebstrap: ${#PACKAGES[@]} packages and their dependencies (progress below; ~12 min under emulation)"
   # The kernel, the Wi-Fi firmware and udev each trigger mkinitramfs, which takes minutes under
   # emulation: update-initramfs is diverted to a no-op while packages install, and the initrd
   # is made once at the end (raspi-firmware's hook then copies it to /boot/firmware), with
-  # image/initramfs/ (the module classes a speaker boots from, not MODULES=most) in place.
+  # image/initramfs/ (the module classes a speaker boots from, not MODULES=most; the A/B boot
+  # counter, which runs image/rauc/pispeaker-slot, installed here for it) in place.
   mm_args=(--mode=root --architectures=armhf --variant=minbase --format=tar
            --aptopt='Apt::Install-Recommends "false"'
            --include="$(IFS=,; echo "${PACKAGES[*]}")"
            --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs" && chmod 0755 "$1/usr/sbin/update-initramfs"'
            --customize-hook="cp -rT --preserve=mode '$REPO/image/initramfs' \"\$1/etc/initramfs-tools\""
+           --customize-hook="install -D -m 0755 '$REPO/image/rauc/pispeaker-slot' \"\$1/usr/lib/pispeaker/pispeaker-slot\""
            --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && for k in "$1"/lib/modules/*; do chroot "$1" update-initramfs -c -k "${k##*/}"; done')
   for o in "${DPKG_OPTS[@]}"; do mm_args+=(--dpkgopt="$o"); done
   t=$SECONDS

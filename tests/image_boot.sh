@@ -16,7 +16,8 @@
 # found the USB card's hardware volume control; follows volumes set with amixer in the guest;
 # reports the invalid boot setting on its status page and still runs; A/B slots: the firmware's
 # choice is slot A, RAUC reports slot A booted, and the slot put on trial before the boot
-# (A=try:3) is marked good after READY by pispeaker-mark-good.service; read-only root, state on
+# (A=try:3) spends a try in the initramfs's boot counter and is marked good after READY by
+# pispeaker-mark-good.service; read-only root, state on
 # PSDATA, root locked, volatile journal; `ss -ltnup` lists only the speaker's own sockets; and,
 # last, a Jellyfin cast: the fake Jellyfin server (tests/image/fake_jellyfin_cast.rs) runs on the
 # host, the guest reaches it at 10.0.2.2 through qemu's user network, registers with Quick
@@ -180,8 +181,10 @@ probe_all "rauc " | sed 's/^/  rauc status: /'
 [ "$(probe rauc_booted=)" = A ] || die "rauc status does not report slot A booted: $(probe_all 'rauc ' | tr '\n' ' ')"
 [ "$(probe markgood_state=)" = "active,success" ] || die "pispeaker-mark-good.service: $(probe markgood_state=) ($(probe markgood_log=))"
 [ "$(probe markgood_after_ready=)" = yes ] || die "pispeaker-mark-good.service ran before the speaker was READY: $(probe markgood_order=)"
+grep -q 'slot A is on trial: this boot spends a try, 2 left' <<<"$(probe bootcount=)" \
+  || die "the initramfs's boot counter did not spend one of slot A's 3 tries: $(probe bootcount=)"
 [ "$(probe slot_A=)" = good ] || die "slot A is $(probe slot_A=) in pispeaker-slots.txt after mark-good (it was try:3)"
-pass "RAUC: slot A booted ($(probe rauc_compatible=)); pispeaker-mark-good.service ran after READY ($(probe markgood_order=)) and slot A went from try:3 to good ($(probe markgood_log=))"
+pass "RAUC: slot A booted ($(probe rauc_compatible=)); pispeaker-mark-good.service ran after READY ($(probe markgood_order=)) and slot A went from try:3 (the initramfs's counter: $(probe bootcount=)) to good ($(probe markgood_log=))"
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"
