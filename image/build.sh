@@ -2,6 +2,7 @@
 # Builds the flashable SD image for Raspberry Pi 2 / 3 / Zero 2 W (32-bit, armhf):
 #
 #   sudo bash image/build.sh            ->  image/out/pispeaker-<version>-armhf.img.xz (+ .sha256)
+#                                           and pispeaker-<version>-armhf.raucb (the update bundle)
 #
 # Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
 # build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
@@ -18,6 +19,11 @@
 #   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
 #   --deb FILE         PISPEAKER_IMAGE_DEB        use this armhf .deb instead of building one
 #                                                 (scripts/cross-armv7.sh deb makes it)
+#   --sign-key FILE    PISPEAKER_IMAGE_SIGN_KEY   the update signing key (PEM) and its certificate:
+#   --sign-cert FILE   PISPEAKER_IMAGE_SIGN_CERT  the image trusts only this certificate, and the
+#                                                 update bundle beside the image is signed with the
+#                                                 key. Without them a development pair is made in
+#                                                 image/keys/ (git-ignored) and used, and said so
 #   --keep-work                                   keep the unpacked trees (for debugging)
 #   --host-tools                                  only install the host tools (step 1), then stop
 #   --base-only                                   only build the cached root file system (steps 1
@@ -36,6 +42,8 @@ OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
 CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
 NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
 DEB=${PISPEAKER_IMAGE_DEB:-}
+SIGN_KEY=${PISPEAKER_IMAGE_SIGN_KEY:-}
+SIGN_CERT=${PISPEAKER_IMAGE_SIGN_CERT:-}
 KEEP_WORK=""
 ONLY=""
 APT_LINES=()
@@ -50,10 +58,12 @@ while [ $# -gt 0 ]; do
     --cache) CACHE=$2; shift 2 ;;
     --no-cache) NO_CACHE=1; shift ;;
     --deb) DEB=$2; shift 2 ;;
+    --sign-key) SIGN_KEY=$2; shift 2 ;;
+    --sign-cert) SIGN_CERT=$2; shift 2 ;;
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +71,7 @@ if [ ${#APT_LINES[@]} -eq 0 ]; then
   APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
 fi
 
-STEPS=8
+STEPS=10
 step_no=0
 T0=$SECONDS
 step() { step_no=$((step_no + 1)); printf '\n==> [%d/%d] %s  (%ds)\n' "$step_no" "$STEPS" "$*" "$((SECONDS - T0))"; }
@@ -73,11 +83,13 @@ command -v apt-get >/dev/null || die "this builder needs Debian bookworm (or new
 # The packages of the image. Only what a headless speaker needs: the armmp kernel (Pi 2/3/Zero 2 W
 # device trees, snd-bcm2835, snd-usb-audio, brcmfmac), the Pi boot firmware, Wi-Fi firmware and
 # regulatory data, systemd-networkd/resolved/timesyncd (the Pi has no clock), ALSA tools, iptables
-# for `pispeaker drop-test`, and an SSH server that stays off unless the boot config enables it.
+# for `pispeaker drop-test`, an SSH server that stays off unless the boot config enables it, and
+# RAUC with its D-Bus service for the A/B updates (image/rauc/).
 PACKAGES=(
   systemd systemd-sysv systemd-resolved systemd-timesyncd udev dbus kmod
   linux-image-armmp raspi-firmware firmware-brcm80211 wireless-regdb wpasupplicant
   iproute2 iptables ca-certificates alsa-utils libasound2 adduser openssh-server
+  rauc rauc-service
 )
 # Documentation, manual pages and translations are not read on a speaker.
 DPKG_OPTS=(
@@ -89,7 +101,7 @@ DPKG_OPTS=(
 step "host tools"
 need=()
 for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler \
-         gcc-12-arm-linux-gnueabihf make; do
+         gcc-12-arm-linux-gnueabihf make rauc squashfs-tools openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -107,6 +119,34 @@ arch-test armhf >/dev/null 2>&1 || die "this machine cannot run armhf programs (
 echo "mmdebstrap $(mmdebstrap --version | awk '{print $2}'), genimage $(dpkg-query -W -f='${Version}' genimage), apt sources:"
 printf '  %s\n' "${APT_LINES[@]}"
 [ "$ONLY" = host-tools ] && exit 0
+
+# The update signing pair: the image's RAUC keyring is exactly this certificate, and the bundle
+# is signed with its key. Checked now, before the long steps.
+if [ "$ONLY" != base ]; then
+  if [ -z "$SIGN_KEY" ] && [ -z "$SIGN_CERT" ]; then
+    keys=$REPO/image/keys
+    SIGN_KEY=$keys/development.key.pem SIGN_CERT=$keys/development.cert.pem
+    if [ ! -f "$SIGN_KEY" ] || [ ! -f "$SIGN_CERT" ]; then
+      mkdir -p "$keys"
+      # Self-signed: the certificate is its own trust anchor. The same names and subject as
+      # image/rauc/make-bundle.sh's development pair, so either script reuses the other's.
+      (umask 077 && openssl req -x509 -newkey rsa:4096 -nodes -days 36500 \
+        -subj "/O=pispeaker/CN=pispeaker development update signing" \
+        -keyout "$SIGN_KEY" -out "$SIGN_CERT" 2>/dev/null) || die "openssl could not make a key pair in $keys"
+      echo "made a DEVELOPMENT update signing pair: $SIGN_KEY and $SIGN_CERT (git-ignored)"
+    fi
+    echo "warning: no --sign-key/--sign-cert: the image trusts the DEVELOPMENT certificate $SIGN_CERT and the bundle is signed with its key; only bundles built from this checkout will install. Pass --sign-key and --sign-cert for a release." >&2
+  elif [ -z "$SIGN_KEY" ] || [ -z "$SIGN_CERT" ]; then
+    die "--sign-key and --sign-cert go together (the key signs the bundle, the image trusts the certificate)"
+  fi
+  [ -f "$SIGN_KEY" ] || die "no signing key at $SIGN_KEY"
+  [ -f "$SIGN_CERT" ] || die "no certificate at $SIGN_CERT"
+  SIGN_KEY=$(realpath "$SIGN_KEY") SIGN_CERT=$(realpath "$SIGN_CERT")
+  cert_pub=$(openssl x509 -in "$SIGN_CERT" -noout -pubkey 2>/dev/null) || die "$SIGN_CERT is not a PEM certificate"
+  key_pub=$(openssl pkey -in "$SIGN_KEY" -pubout 2>/dev/null) || die "$SIGN_KEY is not a PEM private key (without a passphrase)"
+  [ "$cert_pub" = "$key_pub" ] || die "$SIGN_KEY is not the key of $SIGN_CERT: bundles signed with it would not install on this image"
+  echo "update signing: $(openssl x509 -in "$SIGN_CERT" -noout -subject)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
@@ -130,19 +170,21 @@ fi
 # goes into it and reused while that stays the same.
 step "root file system from Debian bookworm armhf (mmdebstrap)"
 mkdir -p "$CACHE" "$OUT"
-key=$( (printf '%s\n' "v3" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat) | sha256sum | cut -c1-16)
+key=$( (printf '%s\n' "v3" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat; cat image/rauc/pispeaker-slot) | sha256sum | cut -c1-16)
 BASE="$CACHE/base-$key.tar"
 if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
   echo "mmdebstrap: ${#PACKAGES[@]} packages and their dependencies (progress below; ~12 min under emulation)"
   # The kernel, the Wi-Fi firmware and udev each trigger mkinitramfs, which takes minutes under
   # emulation: update-initramfs is diverted to a no-op while packages install, and the initrd
   # is made once at the end (raspi-firmware's hook then copies it to /boot/firmware), with
-  # image/initramfs/ (the module classes a speaker boots from, not MODULES=most) in place.
+  # image/initramfs/ (the module classes a speaker boots from, not MODULES=most; the A/B boot
+  # counter, which runs image/rauc/pispeaker-slot, installed here for it) in place.
   mm_args=(--mode=root --architectures=armhf --variant=minbase --format=tar
            --aptopt='Apt::Install-Recommends "false"'
            --include="$(IFS=,; echo "${PACKAGES[*]}")"
            --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs" && chmod 0755 "$1/usr/sbin/update-initramfs"'
            --customize-hook="cp -rT --preserve=mode '$REPO/image/initramfs' \"\$1/etc/initramfs-tools\""
+           --customize-hook="install -D -m 0755 '$REPO/image/rauc/pispeaker-slot' \"\$1/usr/lib/pispeaker/pispeaker-slot\""
            --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && for k in "$1"/lib/modules/*; do chroot "$1" update-initramfs -c -k "${k##*/}"; done')
   for o in "${DPKG_OPTS[@]}"; do mm_args+=(--dpkgopt="$o"); done
   t=$SECONDS
@@ -173,6 +215,11 @@ cp "$DEB" "$ROOT/tmp/pispeaker.deb"
 chroot "$ROOT" dpkg -i /tmp/pispeaker.deb >/dev/null
 rm -f "$ROOT/tmp/pispeaker.deb"
 cp -rT --no-preserve=ownership image/rootfs "$ROOT"
+# RAUC (image/rauc/): its view of the slots, the Pi firmware backend, and the one certificate
+# it trusts.
+install -D -m 0644 image/rauc/system.conf "$ROOT/etc/rauc/system.conf"
+install -D -m 0755 image/rauc/pispeaker-slot "$ROOT/usr/lib/pispeaker/pispeaker-slot"
+install -m 0644 "$SIGN_CERT" "$ROOT/etc/rauc/keyring.pem"
 install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
 chroot "$ROOT" /tmp/customize.sh
 rm -f "$ROOT/tmp/customize.sh"
@@ -205,22 +252,62 @@ mkdir -p "$ROOT/data"
 install -d -m 0700 -o "$(chroot "$ROOT" id -u pispeaker)" -g "$(chroot "$ROOT" id -g pispeaker)" "$ROOT/data/pispeaker"
 cp -a "$ROOT/var/lib/systemd" "$ROOT/data/systemd"
 install -d -m 0700 "$ROOT/data/ssh"
+# RAUC's slot status and install history (system.conf data-directory).
+install -d -m 0700 "$ROOT/data/rauc"
 # Left empty on the root: it is a mount point.
 find "$ROOT/var/lib/pispeaker" -mindepth 1 -delete
-echo "boot partition: $(ls "$ROOT/boot/firmware" | wc -l) files; cmdline.txt: $(cat "$ROOT/boot/firmware/cmdline.txt")"
 
 # ---------------------------------------------------------------------------------------------
-step "partitioned image (genimage: FAT boot, ext4 root, ext4 data; no loop devices)"
+step "A/B boot files: slot A's kernel, initrd, device trees, overlays and cmdline.txt under slotA/"
+# The Pi firmware reads kernel=, initramfs, the device trees, overlays/ and cmdline.txt from under
+# config.txt's os_prefix= (image/rauc/README.md); the firmware itself (bootcode.bin, start*.elf,
+# fixup*.dat), config.txt, what it includes and our settings stay at the top.
+FW=$ROOT/boot/firmware
+kernel=$(sed -n 's/^kernel=//p' "$FW/config.txt" | tail -n1)
+initrd=$(sed -n 's/^initramfs[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/p' "$FW/config.txt" | tail -n1)
+[ -n "$kernel" ] && [ -s "$FW/$kernel" ] || die "config.txt names no kernel on the boot partition (kernel=$kernel)"
+[ -n "$initrd" ] && [ -s "$FW/$initrd" ] || die "config.txt names no initramfs on the boot partition (initramfs $initrd)"
+grep -q '^[[:space:]]*os_prefix=' "$FW/config.txt" && die "config.txt already has an os_prefix= line"
+mkdir "$FW/slotA"
+mv "$FW/$kernel" "$FW/$initrd" "$FW"/*.dtb "$FW/overlays" "$FW/slotA/"
+# The slot's own root partition, by PARTUUID (genimage.cfg), and the slot's name for RAUC.
+DISK_SIGNATURE=0x7073706b # "pspk": fixed, see genimage.cfg
+ROOT_A="PARTUUID=${DISK_SIGNATURE#0x}-02"
+grep -q 'root=' "$FW/cmdline.txt" || die "cmdline.txt has no root= to replace: $(cat "$FW/cmdline.txt")"
+sed -E "s#(^| )root=[^ ]*#\1root=$ROOT_A#; s/[[:space:]]*\$/ rauc.slot=A/" "$FW/cmdline.txt" > "$FW/slotA/cmdline.txt"
+rm "$FW/cmdline.txt"
+printf '%s\n' "" "# A/B root slots (image/rauc/): the kernel, initramfs, device trees, overlays and" \
+  "# cmdline.txt come from this directory. RAUC's pispeaker-slot switches it; do not edit." \
+  "[all]" "os_prefix=slotA/" >> "$FW/config.txt"
+# The slots' boot state (pispeaker-slot): A is the one this image boots, B holds nothing yet.
+printf '%s\n' "# A/B boot state for image/rauc/pispeaker-slot and the initramfs: good, bad or try:N" \
+  "# (N boots left for a new slot to reach READY). Do not edit by hand." "A=good" "B=bad" > "$FW/pispeaker-slots.txt"
+# What RAUC's backend will accept as a complete slot is what the firmware will boot.
+PISPEAKER_BOOT_DIR=$FW sh image/rauc/pispeaker-slot get-primary | grep -qx A || die "pispeaker-slot does not read slot A from config.txt"
+echo "boot partition: $(ls "$FW" | wc -l) entries, slotA/: $(ls "$FW/slotA" | wc -l); slotA/cmdline.txt: $(cat "$FW/slotA/cmdline.txt")"
+
+# ---------------------------------------------------------------------------------------------
+step "partitioned image (genimage: FAT boot, ext4 root A, empty root B, ext4 data; no loop devices)"
 root_mb=$(du -sm --exclude="$ROOT/boot/firmware" --exclude="$ROOT/data" "$ROOT" | cut -f1)
-# ext4 metadata and a margin: the root is read-only, so it only needs room for what is there.
-ROOT_SIZE=$(( (root_mb * 115 / 100 + 64 + 15) / 16 * 16 ))M
-sed "s/@ROOT_SIZE@/$ROOT_SIZE/" image/genimage.cfg > "$WORK/genimage.cfg"
+# Both root slots have one fixed size, the same in every build: an update bundle's root file
+# system (the same root.ext4) must fit the slot of every speaker flashed before it. 768 MB is
+# the root (~450 MB today) with room to grow; the card image is padded to 2 GiB (below).
+ROOT_SLOT_MB=768
+need_mb=$(( root_mb * 115 / 100 + 64 ))
+[ "$need_mb" -le "$ROOT_SLOT_MB" ] || die "the root file system (${root_mb} MB, ${need_mb} MB with ext4 metadata) no longer fits a ${ROOT_SLOT_MB} MB root slot: raising the slot size breaks updates of speakers flashed before"
+ROOT_SIZE=${ROOT_SLOT_MB}M
+sed "s/@ROOT_SIZE@/$ROOT_SIZE/g; s/@DISK_SIGNATURE@/$DISK_SIGNATURE/" image/genimage.cfg > "$WORK/genimage.cfg"
 NAME="pispeaker-$VERSION-armhf"
 mkdir -p "$WORK/out" "$WORK/in"
 genimage --config "$WORK/genimage.cfg" --rootpath "$ROOT" --tmppath "$WORK/gtmp" \
   --inputpath "$WORK/in" --outputpath "$WORK/out" >"$WORK/genimage.log" 2>&1 \
   || { tail -n 30 "$WORK/genimage.log" >&2; die "genimage failed (log above)"; }
 IMG="$WORK/out/pispeaker.img"
+# A power-of-two size, which qemu's Pi machines require of an SD card (the zeros compress away).
+img_size=$(stat -c %s "$IMG")
+pow2=1
+while [ "$pow2" -lt "$img_size" ]; do pow2=$((pow2 * 2)); done
+truncate -s "$pow2" "$IMG"
 sfdisk -d "$IMG" | sed 's/^/  /'
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +316,18 @@ rm -f "$OUT/$NAME.img.xz" "$OUT/$NAME.img.xz.sha256"
 xz -T0 -6 -v -c "$IMG" > "$OUT/$NAME.img.xz.partial"
 mv "$OUT/$NAME.img.xz.partial" "$OUT/$NAME.img.xz"
 (cd "$OUT" && sha256sum "$NAME.img.xz" > "$NAME.img.xz.sha256")
+
+# ---------------------------------------------------------------------------------------------
+step "update bundle (RAUC, verity): the same root file system, signed"
+t=$SECONDS
+sh image/rauc/make-bundle.sh "$WORK/out/root.ext4" "$VERSION" "$OUT" --key "$SIGN_KEY" --cert "$SIGN_CERT" \
+  || die "the update bundle could not be made (above)"
+BUNDLE=$OUT/$NAME.raucb
+[ -s "$BUNDLE" ] || die "make-bundle.sh did not write $BUNDLE"
+(cd "$OUT" && sha256sum "$NAME.raucb" > "$NAME.raucb.sha256")
+rauc info --keyring="$SIGN_CERT" --conf=image/rauc/system.conf "$BUNDLE" >/dev/null 2>"$WORK/rauc-info.log" \
+  || { cat "$WORK/rauc-info.log" >&2; die "the bundle does not verify against the image's certificate"; }
+bundle_s=$((SECONDS - t))
 
 # ---------------------------------------------------------------------------------------------
 step "what takes the space"
@@ -240,4 +339,5 @@ xz_bytes=$(stat -c %s "$OUT/$NAME.img.xz")
 echo
 echo "image: $OUT/$NAME.img.xz ($((xz_bytes / 1000000)) MB compressed, $((img_bytes / 1000000)) MB written to the card; root file system ${root_mb} MB)"
 echo "checksum: $OUT/$NAME.img.xz.sha256"
-echo "image figures: build ${SECONDS}s, compressed $xz_bytes bytes, uncompressed $img_bytes bytes"
+echo "bundle: $BUNDLE ($(( $(stat -c %s "$BUNDLE") / 1000000 )) MB, made and verified in ${bundle_s} s)"
+echo "image figures: build ${SECONDS}s, compressed $xz_bytes bytes, uncompressed $img_bytes bytes, bundle $(stat -c %s "$BUNDLE") bytes (${bundle_s}s)"

@@ -4,7 +4,9 @@
 #   sudo bash tests/image_boot.sh [image/out/pispeaker-<ver>-armhf.img.xz]
 #
 # A throw-away copy of the image boots on qemu's `virt` machine (virtio: fast, and the checks
-# below need it; tests/image_boot_pi.sh takes the Pi's own boot path on `raspi2b`) with the image's own kernel, initrd and root file system
+# below need it; tests/image_boot_pi.sh takes the Pi's own boot path on `raspi2b`) with the
+# kernel, initrd and command line the Pi firmware would pick (tests/image/pi_firmware.sh follows
+# config.txt and its os_prefix= to the active A/B slot's directory), the image's root file system
 # and an emulated USB audio device, so the guest has a real ALSA card with a hardware volume
 # control (snd-usb-audio), like a USB DAC. On that copy only, the boot partition's
 # pispeaker.toml gets a test name and one invalid value, and a probe script (tests/image/
@@ -12,7 +14,10 @@
 #
 # Checked: the speaker reaches READY; answers zeroconf getInfo from the host (port forward);
 # found the USB card's hardware volume control; follows volumes set with amixer in the guest;
-# reports the invalid boot setting on its status page and still runs; read-only root, state on
+# reports the invalid boot setting on its status page and still runs; A/B slots: the firmware's
+# choice is slot A, RAUC reports slot A booted, and the slot put on trial before the boot
+# (A=try:3) spends a try in the initramfs's boot counter and is marked good after READY by
+# pispeaker-mark-good.service; read-only root, state on
 # PSDATA, root locked, volatile journal; `ss -ltnup` lists only the speaker's own sockets; and,
 # last, a Jellyfin cast: the fake Jellyfin server (tests/image/fake_jellyfin_cast.rs) runs on the
 # host, the guest reaches it at 10.0.2.2 through qemu's user network, registers with Quick
@@ -55,21 +60,30 @@ start=$(sfdisk -d "$IMG" | awk -F'[=,]' '/^.*img1 /{gsub(/ /,"",$2); print $2}')
 [ -n "$start" ] || die "no first partition in $IMG"
 FAT="$IMG@@$((start * 512))"
 mdir -b -i "$FAT" :: > "$WORK/boot-files"
-KERNEL=$(grep -o 'vmlinuz-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
-INITRD=$(grep -o 'initrd.img-[^ ]*' "$WORK/boot-files" | sort -V | tail -n1)
-[ -n "$KERNEL" ] && [ -n "$INITRD" ] || die "the boot partition lacks the kernel or initrd: $(tr '\n' ' ' < "$WORK/boot-files")"
-for f in config.txt cmdline.txt pispeaker.toml pispeaker-board.txt bootcode.bin start.elf fixup.dat bcm2836-rpi-2-b.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb bcm2837-rpi-zero-2-w.dtb; do
+for f in config.txt pispeaker-slots.txt pispeaker.toml pispeaker-board.txt bootcode.bin start.elf fixup.dat; do
   grep -qx "::/$f" "$WORK/boot-files" || die "the boot partition lacks $f"
 done
-mcopy -i "$FAT" "::$KERNEL" "::$INITRD" ::cmdline.txt ::config.txt ::pispeaker.toml "$WORK/"
+mdir -b -i "$FAT" ::slotA > "$WORK/slotA-files" || die "the boot partition has no slotA/ (A/B layout)"
+for f in cmdline.txt bcm2836-rpi-2-b.dtb bcm2837-rpi-3-b.dtb bcm2837-rpi-3-b-plus.dtb bcm2837-rpi-zero-2-w.dtb overlays/; do
+  grep -qx "::/slotA/$f" "$WORK/slotA-files" || die "slotA/ on the boot partition lacks $f"
+done
+# What the Pi firmware boots: config.txt, its include and its os_prefix= (the active slot).
+bash tests/image/pi_firmware.sh "$IMG" pi2 "$WORK/fw" > "$WORK/firmware.txt" || die "the firmware's view of the boot partition failed (above)"
+sed 's/^/  firmware: /' "$WORK/firmware.txt"
+fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
+[ "$(fw os_prefix)" = slotA/ ] || die "config.txt boots os_prefix=$(fw os_prefix), not slot A's slotA/"
+KERNEL=$(fw kernel) INITRD=$(fw initramfs)
+[[ "$KERNEL" == slotA/vmlinuz-* ]] && [[ "$INITRD" == slotA/initrd.img-* ]] || die "the firmware would boot $KERNEL with $INITRD, not slot A's kernel and initrd"
+mcopy -i "$FAT" ::config.txt ::pispeaker.toml ::pispeaker-slots.txt "$WORK/"
 grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
-grep -q "^kernel=$KERNEL" "$WORK/config.txt" || die "config.txt does not boot $KERNEL"
 grep -qx 'include pispeaker-board.txt' "$WORK/config.txt" || die "config.txt does not include pispeaker-board.txt (the board's overlay)"
-pass "boot partition: $KERNEL, $INITRD, Pi 2/3/Zero 2 W device trees, config.txt, cmdline.txt, pispeaker.toml"
+grep -qx 'A=good' "$WORK/pispeaker-slots.txt" || die "pispeaker-slots.txt does not say slot A is good: $(cat "$WORK/pispeaker-slots.txt")"
+pass "boot partition: config.txt boots slot A (os_prefix=slotA/): $KERNEL, $INITRD, slotA/cmdline.txt, Pi 2/3/Zero 2 W device trees and overlays under slotA/; pispeaker-slots.txt A=good; pispeaker.toml"
 
 # The Pi's command line, with the serial console of qemu's virt machine instead of the Pi's.
-cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/cmdline.txt")
-grep -q 'root=LABEL=RASPIROOT' <<<"$cmdline" || die "cmdline.txt does not mount the root by label: $cmdline"
+cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/fw/cmdline.txt")
+grep -q 'root=PARTUUID=7073706b-02' <<<"$cmdline" || die "slot A's cmdline.txt does not mount partition 2 (root A) by PARTUUID: $cmdline"
+grep -qE '(^| )rauc\.slot=A( |$)' <<<"$cmdline" || die "slot A's cmdline.txt does not name the slot for RAUC (rauc.slot=A): $cmdline"
 [ "$(grep -oE '(^| )r[ow]( |$)' <<<"$cmdline" | tail -n1 | tr -d ' ')" = ro ] || die "cmdline.txt mounts the root read-write: $cmdline"
 
 free_port() { # a TCP port nothing on the host listens on
@@ -103,6 +117,9 @@ jellyfin_server = "http://10.0.2.2:$JELLYFIN_PORT"
 TOML
 mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
 mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
+# Slot A on trial, as after an update: the boot must mark it good once the speaker is READY.
+sed 's/^A=good$/A=try:3/' "$WORK/pispeaker-slots.txt" > "$WORK/slots-trial.txt"
+mcopy -o -i "$FAT" "$WORK/slots-trial.txt" ::pispeaker-slots.txt
 
 # admin-password on the FAT before the first boot (pispeaker-adopt-password.service): gone after
 # the boot, and the web app takes it. Notepad's line ending on purpose.
@@ -126,7 +143,7 @@ admin_password_before_boot
 CONSOLE=$WORK/console.log
 started=$(date +%s)
 qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
-  -kernel "$WORK/$KERNEL" -initrd "$WORK/$INITRD" \
+  -kernel "$WORK/fw/kernel" -initrd "$WORK/fw/initramfs" \
   -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target" \
   -drive file="$IMG",if=none,format=raw,id=hd -device virtio-blk-device,drive=hd \
   -netdev "user,id=n,hostfwd=tcp:127.0.0.1:$ZC_PORT-:7071,hostfwd=tcp:127.0.0.1:$STATUS_PORT-:7070" \
@@ -158,6 +175,16 @@ probe_all "journal " | sed 's/^/  /'
 ready_us=$(probe ready_us=)
 pass "READY $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started (host wall time to the probe's end: $(( $(date +%s) - started )) s)"
 echo "FIGURE boot-to-READY on virt (emulated, TCG): $(awk -v us="$ready_us" 'BEGIN{printf "%.1f", us/1e6}') s after the guest kernel started"
+
+# A/B: RAUC's view of the boot, and the mark-good unit after READY.
+probe_all "rauc " | sed 's/^/  rauc status: /'
+[ "$(probe rauc_booted=)" = A ] || die "rauc status does not report slot A booted: $(probe_all 'rauc ' | tr '\n' ' ')"
+[ "$(probe markgood_state=)" = "active,success" ] || die "pispeaker-mark-good.service: $(probe markgood_state=) ($(probe markgood_log=))"
+[ "$(probe markgood_after_ready=)" = yes ] || die "pispeaker-mark-good.service ran before the speaker was READY: $(probe markgood_order=)"
+grep -q 'slot A is on trial: this boot spends a try, 2 left' <<<"$(probe bootcount=)" \
+  || die "the initramfs's boot counter did not spend one of slot A's 3 tries: $(probe bootcount=)"
+[ "$(probe slot_A=)" = good ] || die "slot A is $(probe slot_A=) in pispeaker-slots.txt after mark-good (it was try:3)"
+pass "RAUC: slot A booted ($(probe rauc_compatible=)); pispeaker-mark-good.service ran after READY ($(probe markgood_order=)) and slot A went from try:3 (the initramfs's counter: $(probe bootcount=)) to good ($(probe markgood_log=))"
 
 # From the host, through the port forward: what the Spotify app asks first.
 info=$(curl -fsS --max-time 20 "http://127.0.0.1:$ZC_PORT/?action=getInfo") || die "zeroconf getInfo did not answer through the port forward"
@@ -239,6 +266,10 @@ kill -TERM "$QEMU_PID" 2>/dev/null || true
 wait "$QEMU_PID" 2>/dev/null || true
 QEMU_PID=""
 [ -s "$WORK/out.wav" ] || die "qemu recorded no WAV from the emulated USB DAC"
+# The mark-good write reached the card itself (fsync, rename, fsync of the directory).
+mcopy -o -i "$FAT" ::pispeaker-slots.txt "$WORK/slots-after.txt"
+grep -qx 'A=good' "$WORK/slots-after.txt" || die "pispeaker-slots.txt on the card after the boot: $(tr '\n' ' ' < "$WORK/slots-after.txt")"
+pass "the card's pispeaker-slots.txt says A=good after the boot (it was A=try:3)"
 # Both as mono 8 kHz: the sweeps stay below 3 kHz, and the comparison is 36x cheaper.
 sox "$WORK/track.flac" -r 8000 -c 1 -e signed -b 16 "$WORK/source.raw"
 sox "$WORK/out.wav" -r 8000 -c 1 -e signed -b 16 "$WORK/captured.raw" 2>/dev/null \

@@ -78,8 +78,10 @@ mcopy -o -i "$FAT" tests/image/ci-probe-pi.sh ::ci-probe-pi.sh
 bash tests/image/pi_firmware.sh "$IMG" pi2 "$WORK/fw" > "$WORK/firmware.txt" || die "the firmware's view of the boot partition failed (above)"
 sed 's/^/  firmware: /' "$WORK/firmware.txt"
 fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
-[ "$(fw dtb)" = bcm2836-rpi-2-b.dtb ] || die "the firmware would load $(fw dtb), not the Pi 2's upstream tree (upstream_kernel=1 in config.txt?)"
-[ "$(fw overlay | tr '\n' ' ')" = "overlays/pispeaker-pi2-i2s.dtbo overlays/pispeaker-i2s-dac.dtbo " ] \
+# The image boots A/B slot A: everything the firmware loads comes from under os_prefix=slotA/.
+[ "$(fw os_prefix)" = slotA/ ] || die "config.txt boots os_prefix=$(fw os_prefix), not slot A's slotA/"
+[ "$(fw dtb)" = slotA/bcm2836-rpi-2-b.dtb ] || die "the firmware would load $(fw dtb), not the Pi 2's upstream tree from slot A (upstream_kernel=1 in config.txt?)"
+[ "$(fw overlay | tr '\n' ' ')" = "slotA/overlays/pispeaker-pi2-i2s.dtbo slotA/overlays/pispeaker-i2s-dac.dtbo " ] \
   || die "overlays from config.txt and pispeaker-board.txt: $(fw overlay | tr '\n' ' ') (expected the Pi 2 fix-up, then pispeaker-i2s-dac)"
 [ "$(fdtget -t s "$WORK/fw/board.dtb" /pispeaker-sound compatible)" = simple-audio-card ] || die "the merged tree has no simple-audio-card"
 [ -s "$WORK/fw/initramfs" ] || die "config.txt names no initramfs"

@@ -170,8 +170,8 @@ fn rig(verity: bool) -> Rig {
         ("/data/rauc", p("data")),
         ("/etc/rauc/keyring.pem", p("keys/development.cert.pem")),
         ("/usr/lib/pispeaker/pispeaker-slot", backend.clone()),
-        ("/dev/mmcblk0p2", p("rootA.img")),
-        ("/dev/mmcblk0p3", p("rootB.img")),
+        ("/dev/disk/by-partuuid/7073706b-02", p("rootA.img")),
+        ("/dev/disk/by-partuuid/7073706b-03", p("rootB.img")),
     ] {
         assert!(conf.contains(from), "system.conf no longer has {from}");
         conf = conf.replace(from, &to.display().to_string());

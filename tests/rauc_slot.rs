@@ -388,3 +388,191 @@ fn a_read_only_boot_partition_is_remounted_for_the_write_and_back() {
         "{stdout}"
     );
 }
+
+/// `boot-count` as the initramfs runs it at a boot of `slot` (rauc.slot= on the command line):
+/// its exit status (0 boot on, 10 reboot) and what it printed.
+fn boot_count(boot: &Path, slot: &str, cut: Option<&str>) -> (i32, String) {
+    // Outside the card's directory, whose files the tests compare.
+    let cmdline = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        cmdline.path(),
+        format!("console=ttyAMA0 root=/dev/sda rauc.slot={slot} ro\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg(script())
+        .arg("boot-count")
+        .env("PISPEAKER_BOOT_DIR", boot)
+        .env("PISPEAKER_CMDLINE", cmdline.path());
+    if let Some(cut) = cut {
+        cmd.env("PISPEAKER_SLOT_CUT", cut);
+    }
+    let out = cmd.output().expect("run sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn slot_line(boot: &Path, slot: &str) -> String {
+    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap_or_default();
+    state
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{slot}=")))
+        .next_back()
+        .unwrap_or("(none)")
+        .to_string()
+}
+
+/// What an update leaves: slot B armed with 3 tries and booted by config.txt, A good.
+fn card_after_update(boot: &Path) {
+    fs::write(boot.join("config.txt"), CONFIG).unwrap();
+    let _ = fs::remove_file(boot.join("pispeaker-slots.txt"));
+    ok(boot, &["set-state", "A", "good"]);
+    ok(boot, &["set-primary", "B"]);
+    assert_eq!(slot_line(boot, "B"), "try:3");
+    assert_eq!(firmware_boots(boot), "B");
+}
+
+/// A slot that never reaches READY (nothing marks it good) spends its tries, one per boot, and
+/// the boot after the last one marks it bad and puts config.txt back on the good slot; the
+/// good slot then boots without anything being written.
+#[test]
+fn boot_count_spends_the_tries_then_returns_to_the_good_slot() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    for left in [2, 1, 0] {
+        let (code, text) = boot_count(boot, "B", None);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(slot_line(boot, "B"), format!("try:{left}"), "{text}");
+        assert_eq!(firmware_boots(boot), "B", "still on trial: {text}");
+        assert_eq!(
+            ok(boot, &["get-state", "B"]),
+            if left > 0 { "good" } else { "bad" }
+        );
+    }
+    let (code, text) = boot_count(boot, "B", None);
+    assert_eq!(code, 10, "out of tries: the initramfs reboots: {text}");
+    assert!(text.contains("config.txt boots slot A again"), "{text}");
+    assert_eq!(slot_line(boot, "B"), "bad");
+    assert_eq!(slot_line(boot, "A"), "good");
+    assert_eq!(firmware_boots(boot), "A");
+    assert!(!boot.join("config.txt.new").exists());
+
+    let before = snapshot(boot);
+    let (code, text) = boot_count(boot, "A", None);
+    assert_eq!((code, text.trim()), (0, "slot A is good"));
+    assert_eq!(
+        snapshot(boot),
+        before,
+        "a boot of a good slot writes nothing"
+    );
+}
+
+/// Marked good after READY (`rauc status mark-good` → set-state good), the slot stays.
+#[test]
+fn boot_count_leaves_a_slot_marked_good_alone() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    assert_eq!(boot_count(boot, "B", None).0, 0);
+    ok(boot, &["set-state", "B", "good"]);
+    let before = snapshot(boot);
+    for _ in 0..4 {
+        assert_eq!(boot_count(boot, "B", None).0, 0);
+    }
+    assert_eq!(snapshot(boot), before);
+    assert_eq!(firmware_boots(boot), "B");
+}
+
+/// Out of tries, but the other slot is no better (bad, or its boot files are incomplete): the
+/// counter does not switch to it, and the card keeps booting what it has.
+#[test]
+fn boot_count_never_switches_to_a_slot_that_cannot_boot() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    for spoil in ["A is bad", "slotA has no kernel"] {
+        card_after_update(boot);
+        make_slot(boot, "A");
+        for _ in 0..3 {
+            assert_eq!(boot_count(boot, "B", None).0, 0);
+        }
+        if spoil == "A is bad" {
+            ok(boot, &["set-state", "A", "bad"]);
+        } else {
+            fs::remove_file(boot.join("slotA/vmlinuz-6.1.0-28-armmp")).unwrap();
+        }
+        let before = snapshot(boot);
+        let (code, text) = boot_count(boot, "B", None);
+        assert_eq!(code, 0, "{spoil}: {text}");
+        assert!(text.contains("booting slot B anyway"), "{spoil}: {text}");
+        assert_eq!(snapshot(boot), before, "{spoil}");
+        assert_eq!(firmware_boots(boot), "B", "{spoil}");
+    }
+}
+
+/// A power cut at every step of every write the counter makes (the decrement, marking the slot
+/// bad, switching config.txt): in each state the card can be left in, the firmware boots a
+/// complete slot, a try is never given back, and booting on from there (the counter running at
+/// each boot of whatever the firmware picks) ends on the good slot A with B bad, after at most
+/// two more boots.
+#[test]
+fn boot_count_survives_a_power_cut_at_every_step() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    let mut checked = 0;
+    // (tries left before the boot, the write that is cut)
+    let cases = [
+        (3, "pispeaker-slots.txt"),
+        (0, "pispeaker-slots.txt"),
+        (0, "config.txt"),
+    ];
+    for (tries, file) in cases {
+        for step in ["written", "synced", "renamed"] {
+            card_after_update(boot);
+            for _ in tries..3 {
+                assert_eq!(boot_count(boot, "B", None).0, 0);
+            }
+            assert_eq!(slot_line(boot, "B"), format!("try:{tries}"));
+            let before = snapshot(boot);
+            let (code, text) = boot_count(boot, "B", Some(&format!("{file}:{step}")));
+            assert_eq!(code, 75, "{tries} {file}:{step}: the cut happened: {text}");
+            let left = snapshot(boot);
+            for state in states_after_cut(&before, &left, file, step) {
+                restore(boot, &state);
+                let mut slot = firmware_boots(boot);
+                let b = slot_line(boot, "B");
+                if let Some(n) = b.strip_prefix("try:") {
+                    let n: u32 = n.parse().unwrap();
+                    assert!(n <= tries, "{file}:{step}: a try was given back: {b}");
+                }
+                let mut boots = 0;
+                loop {
+                    let (code, text) = boot_count(boot, &slot, None);
+                    boots += 1;
+                    if code == 0 && slot == "A" {
+                        break;
+                    }
+                    if code == 0 {
+                        // B on trial still: it spends its remaining tries.
+                        assert!(boots <= 4, "{file}:{step}: B keeps booting: {text}");
+                    } else {
+                        assert_eq!(code, 10, "{file}:{step}: {text}");
+                    }
+                    slot = firmware_boots(boot);
+                    assert!(boots <= 6, "{file}:{step}: no end of boots");
+                }
+                assert_eq!(slot_line(boot, "B"), "bad", "{file}:{step}");
+                assert_eq!(slot_line(boot, "A"), "good", "{file}:{step}");
+                if tries == 0 {
+                    assert!(boots <= 3, "{file}:{step}: {boots} boots to get back to A");
+                }
+                checked += 1;
+            }
+        }
+    }
+    println!("boot counter power cuts: {checked} card states checked, each ends on slot A");
+}

@@ -217,3 +217,63 @@ fn image_root_helpers_are_ordered_and_confined() {
     let daemon = std::fs::read_to_string(UNIT).unwrap();
     assert!(daemon.contains("User=pispeaker") && daemon.contains("CapabilityBoundingSet=\n"));
 }
+
+/// A/B updates: the image marks the booted slot good (`rauc status mark-good`) only once the
+/// speaker is READY. pispeaker.service is Type=notify, so After= waits for READY=1, and Requires=
+/// fails the mark-good job, without running it, when the speaker never gets there: the slot
+/// then stays on trial and the boot counter takes the card back to the good slot.
+#[test]
+fn mark_good_unit_verifies_clean_and_runs_only_after_ready() {
+    const NAME: &str = "pispeaker-mark-good.service";
+    let mark_good = image_unit(NAME);
+    let speaker = std::fs::read_to_string(UNIT).unwrap();
+    assert!(
+        speaker.contains("\nType=notify\n"),
+        "After=pispeaker.service means 'after READY' only for a Type=notify service"
+    );
+    for needle in [
+        "\nRequires=pispeaker.service\n",
+        "\nAfter=pispeaker.service\n",
+        "\nType=oneshot\n",
+        "\nExecStart=/usr/bin/rauc status mark-good\n",
+        "\nConditionKernelCommandLine=rauc.slot\n",
+        "\nWantedBy=pispeaker.service\n",
+    ] {
+        assert!(mark_good.contains(needle), "{NAME} lacks {needle:?}");
+    }
+    let customize =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("image/customize.sh"))
+            .unwrap();
+    assert!(
+        customize.contains(NAME),
+        "image/customize.sh does not enable {NAME}"
+    );
+
+    // Verified together with the unit it requires (so systemd resolves the dependency), the
+    // speaker's unit pointing at the binary cargo built; ExecStart=/usr/bin/rauc must exist
+    // (package rauc, which the rauc tests need as well).
+    let dir = tempfile::tempdir().unwrap();
+    let binary = env!("CARGO_BIN_EXE_pispeaker");
+    let speaker_copy = dir.path().join("pispeaker.service");
+    std::fs::write(
+        &speaker_copy,
+        speaker.replace(
+            "ExecStart=/usr/bin/pispeaker ",
+            &format!("ExecStart={binary} "),
+        ),
+    )
+    .unwrap();
+    let copy = dir.path().join(NAME);
+    std::fs::write(&copy, &mark_good).unwrap();
+    let (_, text) = systemd_analyze(&[
+        "verify",
+        "--man=no",
+        speaker_copy.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("pispeaker-mark-good") || l.contains("pispeaker.service"))
+        .collect();
+    assert!(ours.is_empty(), "systemd-analyze verify complains:\n{text}");
+}

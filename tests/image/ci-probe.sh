@@ -16,6 +16,28 @@ done
 out "state=$state"
 out "ready_us=$(systemctl show -p ActiveEnterTimestampMonotonic --value pispeaker.service)"
 out "uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# A/B (image/rauc/): RAUC's view of the boot, and pispeaker-mark-good.service, which runs
+# after READY (the host set slot A to try:3 before the boot).
+rauc status --output-format=shell 2>&1 | while IFS= read -r line; do out "rauc $line"; done
+out "rauc_booted=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_BOOTED_BOOTNAME='*\([^']*\)'*$/\1/p")"
+out "rauc_compatible=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_COMPATIBLE='*\([^']*\)'*$/\1/p")"
+i=0
+while [ $i -lt 120 ]; do
+  mg=$(systemctl show -p ActiveState --value pispeaker-mark-good.service)
+  case "$mg" in active | failed) break ;; esac
+  sleep 1
+  i=$((i + 1))
+done
+out "markgood_state=$mg,$(systemctl show -p Result --value pispeaker-mark-good.service)"
+ready=$(systemctl show -p ActiveEnterTimestampMonotonic --value pispeaker.service)
+marked=$(systemctl show -p ExecMainStartTimestampMonotonic --value pispeaker-mark-good.service)
+out "markgood_order=READY at ${ready} us, mark-good started at ${marked} us"
+[ "${marked:-0}" -ge "${ready:-1}" ] 2>/dev/null && out "markgood_after_ready=yes" || out "markgood_after_ready=no"
+out "markgood_log=$(journalctl -b -o cat --no-pager -u pispeaker-mark-good.service | grep -v '^Start\|^Finish\|Deactivated' | tail -n 1)"
+out "slot_A=$(sed -n 's/^A=//p' /boot/firmware/pispeaker-slots.txt)"
+# What the initramfs's boot counter did (scripts/local-premount/pispeaker-bootcount).
+out "bootcount=$(tr '\n' ' ' </run/pispeaker-bootcount.log 2>&1)"
 out "root_mount=$(findmnt -no OPTIONS /)"
 out "data_mount=$(findmnt -no SOURCE,OPTIONS /var/lib/pispeaker | tr ' ' ,)"
 out "root_password=$(passwd -S root | cut -d' ' -f2)"
