@@ -145,7 +145,7 @@ fn boots(boot: &Path, slot_a: &BTreeMap<String, Vec<u8>>, versions: &[&str]) -> 
     let prefix = config
         .lines()
         .filter_map(|l| l.strip_prefix("os_prefix="))
-        .last()
+        .next_back()
         .unwrap()
         .to_string();
     let files = tree(&boot.join(prefix.trim_end_matches('/')));
@@ -250,9 +250,12 @@ fn a_power_cut_at_any_step_leaves_a_bootable_slot_and_the_next_install_completes
     }
 }
 
+/// Spoils the new root or the card in one way.
+type Spoil = fn(&Path);
+
 #[test]
 fn refusals_leave_the_card_as_it_was() {
-    let cases: [(&str, fn(&Path), &str); 4] = [
+    let cases: [(&str, Spoil, &str); 4] = [
         (
             "no kernel",
             |d| fs::remove_file(d.join("root/boot/vmlinuz-6.1.0-99-armmp")).unwrap(),
