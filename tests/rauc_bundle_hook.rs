@@ -255,7 +255,7 @@ type Spoil = fn(&Path);
 
 #[test]
 fn refusals_leave_the_card_as_it_was() {
-    let cases: [(&str, Spoil, &str); 4] = [
+    let cases: [(&str, Spoil, &str); 5] = [
         (
             "no kernel",
             |d| fs::remove_file(d.join("root/boot/vmlinuz-6.1.0-99-armmp")).unwrap(),
@@ -281,6 +281,17 @@ fn refusals_leave_the_card_as_it_was() {
                 .unwrap()
             },
             "has no root= to change",
+        ),
+        (
+            // A copy that fails halfway, as on a full boot partition: the partly written
+            // slotB.new/ is removed.
+            "an initramfs that cannot be copied",
+            |d| {
+                let initrd = d.join("root/boot/initrd.img-6.1.0-99-armmp");
+                fs::remove_file(&initrd).unwrap();
+                fs::create_dir_all(initrd.join("not-a-file")).unwrap();
+            },
+            "omitting directory",
         ),
     ];
     for (what, break_it, says) in cases {
