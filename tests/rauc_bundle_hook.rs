@@ -317,3 +317,30 @@ fn refusals_leave_the_card_as_it_was() {
     assert_eq!(out.status.code(), Some(1));
     assert!(tree(&boot) == before);
 }
+
+/// The hook names each slot's root partition the way system.conf does (RAUC writes the root to
+/// system.conf's device=; the firmware mounts cmdline.txt's root=): the two must not drift.
+#[test]
+fn the_root_partitions_agree_with_system_conf() {
+    let conf =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rauc/system.conf"))
+            .unwrap();
+    let hook = fs::read_to_string(hook()).unwrap();
+    let mut slots = 0;
+    for section in conf.split("[slot.rootfs.").skip(1) {
+        let value = |key: &str| {
+            section
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .to_string()
+        };
+        let device = value("device=");
+        let partuuid = device.strip_prefix("/dev/disk/by-partuuid/").unwrap();
+        let bootname = value("bootname=");
+        let line = format!("{bootname}) partuuid={partuuid} ;;");
+        assert!(hook.contains(&line), "the hook lacks '{line}'");
+        slots += 1;
+    }
+    assert_eq!(slots, 2);
+}
