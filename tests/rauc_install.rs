@@ -85,10 +85,14 @@ impl Rig {
             format!("console=ttyAMA0 root=/dev/mmcblk0p2 rauc.slot={slot} rootwait\n"),
         )
         .unwrap();
+        // Its own mount prefix (the unit's ExecStart has --mount=/run/rauc), not the default
+        // /mnt/rauc shared by the tests running beside this one: RAUC creates and removes the
+        // mount point directories there (rauc v1.8 src/mount.c r_create_mount_point, g_rmdir).
         let script = format!(
-            "mount --bind {} /proc/cmdline && exec rauc --conf={} service",
+            "mount --bind {} /proc/cmdline && exec rauc --conf={} --mount={} service",
             self.path("cmdline").display(),
-            self.path("system.conf").display()
+            self.path("system.conf").display(),
+            self.path("mnt").display()
         );
         let log = fs::File::create(self.path(&format!("service-{slot}.log"))).unwrap();
         let child = Command::new("unshare")
