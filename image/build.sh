@@ -269,7 +269,25 @@ initrd=$(sed -n 's/^initramfs[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/p' "$FW/con
 [ -n "$initrd" ] && [ -s "$FW/$initrd" ] || die "config.txt names no initramfs on the boot partition (initramfs $initrd)"
 grep -q '^[[:space:]]*os_prefix=' "$FW/config.txt" && die "config.txt already has an os_prefix= line"
 mkdir "$FW/slotA"
-mv "$FW/$kernel" "$FW/$initrd" "$FW"/*.dtb "$FW/overlays" "$FW/slotA/"
+# Under the same names in every slot and every version (config.txt is shared by both slots and an
+# update does not rewrite it): kernel=vmlinuz, initramfs initrd.img. The update bundle's hook
+# (image/rauc/pispeaker-bundle-hook) writes the new version's under config.txt's names.
+mv "$FW/$kernel" "$FW/slotA/vmlinuz"
+mv "$FW/$initrd" "$FW/slotA/initrd.img"
+sed -i -e "s/^kernel=$kernel\$/kernel=vmlinuz/" \
+  -e "s/^\(initramfs[[:space:]]\{1,\}\)$initrd\([[:space:]]\|\$\)/\1initrd.img\2/" "$FW/config.txt"
+grep -qx 'kernel=vmlinuz' "$FW/config.txt" && grep -q '^initramfs[[:space:]]\{1,\}initrd\.img\([[:space:]]\|$\)' "$FW/config.txt" \
+  || die "config.txt's kernel= and initramfs lines were not renamed to vmlinuz and initrd.img: $(grep -E '^(kernel=|initramfs)' "$FW/config.txt")"
+mv "$FW"/*.dtb "$FW/overlays" "$FW/slotA/"
+# The root file system carries the rest of a slot's boot files (device trees, our overlays) in
+# /usr/lib/pispeaker/boot/, beside its kernel and initramfs in /boot: an update bundle made of
+# this root brings them, and its hook copies them to the other slot's directory.
+install -d "$ROOT/usr/lib/pispeaker/boot"
+cp "$FW"/slotA/*.dtb "$ROOT/usr/lib/pispeaker/boot/"
+cp -R "$FW/slotA/overlays" "$ROOT/usr/lib/pispeaker/boot/overlays"
+[ "$(ls "$ROOT"/boot/vmlinuz-* | wc -l)" = 1 ] || die "the root file system has $(ls "$ROOT"/boot/vmlinuz-* | wc -l) kernels in /boot: the bundle hook needs exactly one"
+cmp -s "$ROOT"/boot/vmlinuz-* "$FW/slotA/vmlinuz" || die "the root's /boot/vmlinuz-* is not the kernel on the boot partition"
+cmp -s "$ROOT/boot/initrd.img-${kernel#vmlinuz-}" "$FW/slotA/initrd.img" || die "the root's /boot/initrd.img-${kernel#vmlinuz-} is not the initramfs on the boot partition"
 # The slot's own root partition, by PARTUUID (genimage.cfg), and the slot's name for RAUC.
 DISK_SIGNATURE=0x7073706b # "pspk": fixed, see genimage.cfg
 ROOT_A="PARTUUID=${DISK_SIGNATURE#0x}-02"

@@ -147,6 +147,10 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         "the bundle file is damaged or incomplete (an interrupted download?). Download it again and check its size"
     } else if has("/dev/mapper/control") || has("Failed mounting bundle") {
         "this kernel cannot mount the verity bundle (it needs device-mapper with dm-verity, loop and squashfs); the SD image's kernel has them, so this is not the speaker's own system"
+    } else if has("slot hook") {
+        // The bundle's hook (image/rauc/pispeaker-bundle-hook) writes the new slot's boot files;
+        // RAUC reports only its exit code, its message goes to the service's log.
+        "the update's own install step (writing its boot files to the boot partition) failed, so nothing was switched. Its reason is in the RAUC service's log: 'journalctl -u rauc'"
     } else if has("Compatible mismatch") {
         "the bundle is for another device or architecture; use the armhf bundle"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
@@ -490,6 +494,10 @@ mod tests {
             (
                 include_str!("../tests/fixtures/rauc/install-no-dm-verity.stdout"),
                 "cannot mount the verity bundle",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/install-hook-failed.stdout"),
+                "journalctl -u rauc",
             ),
         ] {
             assert!(failure_hint(fixture).contains(want), "{fixture}");

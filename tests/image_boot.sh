@@ -73,7 +73,7 @@ sed 's/^/  firmware: /' "$WORK/firmware.txt"
 fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
 [ "$(fw os_prefix)" = slotA/ ] || die "config.txt boots os_prefix=$(fw os_prefix), not slot A's slotA/"
 KERNEL=$(fw kernel) INITRD=$(fw initramfs)
-[[ "$KERNEL" == slotA/vmlinuz-* ]] && [[ "$INITRD" == slotA/initrd.img-* ]] || die "the firmware would boot $KERNEL with $INITRD, not slot A's kernel and initrd"
+[ "$KERNEL" = slotA/vmlinuz ] && [ "$INITRD" = slotA/initrd.img ] || die "the firmware would boot $KERNEL with $INITRD, not slot A's kernel and initrd"
 mcopy -i "$FAT" ::config.txt ::pispeaker.toml ::pispeaker-slots.txt "$WORK/"
 grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
 grep -qx 'include pispeaker-board.txt' "$WORK/config.txt" || die "config.txt does not include pispeaker-board.txt (the board's overlay)"

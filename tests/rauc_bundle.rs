@@ -175,6 +175,21 @@ fn a_bundle_verifies_against_its_certificate() {
         fs::read(dir.path().join("extracted/rootfs.ext4")).unwrap(),
         fs::read(dir.path().join("rootfs.ext4")).unwrap()
     );
+    // The hook that writes the new slot's boot files, run after the root image is written.
+    assert_eq!(
+        json["images"][0]["rootfs"]["hooks"],
+        serde_json::json!(["post-install"])
+    );
+    assert_eq!(
+        fs::read(dir.path().join("extracted/hook")).unwrap(),
+        fs::read(repo().join("image/rauc/pispeaker-bundle-hook")).unwrap()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir.path().join("extracted/hook"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the hook is not executable");
 }
 
 #[test]

@@ -7,7 +7,12 @@
 # Without --key/--cert it signs with the development key pair in image/keys/ (made on first
 # use, git-ignored) and says so: a speaker flashed with an image trusting that certificate
 # installs only bundles from this checkout. Release builds pass their own key and certificate.
-# (PISPEAKER_KEYS_DIR moves the development keys elsewhere: the tests use it.)
+# (PISPEAKER_KEYS_DIR moves the development keys elsewhere, PISPEAKER_BUNDLE_FORMAT=plain makes
+# RAUC's plain format for a host without device-mapper: the tests use them.)
+#
+# The bundle carries pispeaker-bundle-hook as its slot post-install hook: after RAUC writes the
+# root file system into the other slot, it puts that root's kernel, initramfs, device trees and
+# overlays, and a cmdline.txt, into the slot's directory on the boot partition.
 set -eu
 
 die() { echo "make-bundle: error: $*" >&2; exit 1; }
@@ -57,12 +62,19 @@ fi
 [ -f "$key" ] || die "no key at '$key'"
 [ -f "$cert" ] || die "no certificate at '$cert'"
 
+format=${PISPEAKER_BUNDLE_FORMAT:-verity}
+case "$format" in
+  verity | plain) ;;
+  *) die "PISPEAKER_BUNDLE_FORMAT must be verity or plain, not '$format'" ;;
+esac
+
 mkdir -p "$out"
 bundle="$out/pispeaker-$version-armhf.raucb"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 mkdir "$work/content"
 cp "$rootfs" "$work/content/rootfs.ext4"
+install -m 0755 "$(dirname "$0")/pispeaker-bundle-hook" "$work/content/hook"
 cat >"$work/content/manifest.raucm" <<MANIFEST
 [update]
 compatible=pispeaker-armhf
@@ -71,10 +83,14 @@ description=pispeaker $version for Raspberry Pi (armhf)
 build=$(date -u +%Y%m%dT%H%M%SZ)
 
 [bundle]
-format=verity
+format=$format
+
+[hooks]
+filename=hook
 
 [image.rootfs]
 filename=rootfs.ext4
+hooks=post-install
 MANIFEST
 rm -f "$bundle"
 rauc bundle --cert="$cert" --key="$key" "$work/content" "$bundle" >"$work/log" 2>&1 \
