@@ -111,7 +111,11 @@ if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
   step "SD image: the Pi's boot path (tests/image/pi_firmware_test.sh, tests/image_boot_pi.sh on raspi2b)"
   bash tests/image/pi_firmware_test.sh 2>&1 | tee /tmp/pispeaker-image-firmware.log
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot_pi.sh 2>&1 | tee /tmp/pispeaker-image-boot-pi.log
-  image_passed=$(cat /tmp/pispeaker-image-boot.log /tmp/pispeaker-image-firmware.log /tmp/pispeaker-image-boot-pi.log | grep -c '^ok: ' || true)
+  # A/B updates in the emulator (issue 14's scenarios): bundles built from this image, installs,
+  # power cuts, a rollback; one copy of the image booted ~10 times.
+  step "SD image: updates, power cuts and rollback in the emulator (tests/image_update.sh)"
+  $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_update.sh 2>&1 | tee /tmp/pispeaker-image-update.log
+  image_passed=$(cat /tmp/pispeaker-image-boot.log /tmp/pispeaker-image-firmware.log /tmp/pispeaker-image-boot-pi.log /tmp/pispeaker-image-update.log | grep -c '^ok: ' || true)
 fi
 
 echo
