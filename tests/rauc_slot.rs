@@ -856,3 +856,44 @@ fn trial_watch_exits_at_once_when_not_on_trial() {
     assert_eq!((w.code, w.rebooted), (Some(0), false), "{}", w.text);
     assert!(w.text.contains("slot B is bad, not on trial"), "{}", w.text);
 }
+
+/// The last try (`try:0`): a reboot returns to the other slot when that one is good and
+/// complete; when it is not, boot-count would boot this slot again, so the watch does not
+/// reboot (it would loop every timeout for ever) and says why.
+#[test]
+fn trial_watch_on_the_last_try_reboots_only_when_there_is_a_slot_to_return_to() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    for _ in 0..3 {
+        assert_eq!(boot_count(boot, "B", None).0, 0);
+    }
+    assert_eq!(slot_line(boot, "B"), "try:0");
+    let past = uptime().saturating_sub(1);
+    let cmdline = format!("rauc.slot=B pispeaker.trial_timeout={past}");
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert!(w.rebooted, "{}", w.text);
+    assert!(
+        w.text
+            .contains("rebooting; 0 tries left before the speaker returns to slot A"),
+        "{}",
+        w.text
+    );
+
+    ok(boot, &["set-state", "A", "bad"]);
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert_eq!((w.code, w.rebooted), (Some(0), false), "{}", w.text);
+    assert!(
+        w.text.contains(
+            "no tries left, but there is no slot to return to (slot A is bad): not rebooting"
+        ),
+        "{}",
+        w.text
+    );
+
+    ok(boot, &["set-state", "A", "good"]);
+    fs::remove_file(boot.join("slotA/bcm2710-rpi-3-b.dtb")).unwrap();
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert!(!w.rebooted, "{}", w.text);
+    assert!(w.text.contains("slotA has no device tree"), "{}", w.text);
+}
