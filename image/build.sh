@@ -292,7 +292,17 @@ cmp -s "$ROOT/boot/initrd.img-${kernel#vmlinuz-}" "$FW/slotA/initrd.img" || die 
 DISK_SIGNATURE=0x7073706b # "pspk": fixed, see genimage.cfg
 ROOT_A="PARTUUID=${DISK_SIGNATURE#0x}-02"
 grep -q 'root=' "$FW/cmdline.txt" || die "cmdline.txt has no root= to replace: $(cat "$FW/cmdline.txt")"
-sed -E "s#(^| )root=[^ ]*#\1root=$ROOT_A#; s/[[:space:]]*\$/ rauc.slot=A/" "$FW/cmdline.txt" > "$FW/slotA/cmdline.txt"
+# The root's mount options live here, not in fstab: both root partitions carry the same ext4
+# label once an update wrote slot B, so fstab cannot name "/" (the initramfs mounts it from
+# root= with rootflags=: initramfs-tools 0.142 init `rootflags=*)`, scripts/local
+# local_mount_root). panic=10: a kernel panic, or an initramfs that cannot mount the root
+# (initramfs-tools scripts/functions panic() reboots after panic= seconds instead of waiting
+# at a shell), restarts the Pi, so the boot counter spends the next try of a new slot. The
+# bundle hook derives every new slot's cmdline.txt from the running one's, so both stay.
+sed -E "s#(^| )root=[^ ]*#\1root=$ROOT_A#; s/(^| )(rootflags|panic|rauc\.slot)=[^ ]*//g; s/^[[:space:]]+//; s/[[:space:]]*\$/ rootflags=noatime,errors=remount-ro panic=10 rauc.slot=A/" \
+  "$FW/cmdline.txt" > "$FW/slotA/cmdline.txt"
+[ "$(tr ' ' '\n' < "$FW/slotA/cmdline.txt" | grep -xE 'ro|rw' | tail -n 1)" = ro ] \
+  || die "slotA/cmdline.txt does not mount the root read-only (its last ro/rw is not ro): $(cat "$FW/slotA/cmdline.txt")"
 rm "$FW/cmdline.txt"
 printf '%s\n' "" "# A/B root slots (image/rauc/): the kernel, initramfs, device trees, overlays and" \
   "# cmdline.txt come from this directory. RAUC's pispeaker-slot switches it; do not edit." \

@@ -15,7 +15,8 @@ rm -f /etc/ssh/ssh_host_*
 # Networking: networkd + resolved (without listening stubs) + timesyncd (the Pi has no clock).
 systemctl enable systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
   pispeaker-boot-config.service pispeaker-board-overlay.service pispeaker-adopt-password.service \
-  pispeaker-apply-system.path pispeaker.service ssh.service pispeaker-mark-good.service
+  pispeaker-apply-system.path pispeaker.service ssh.service pispeaker-mark-good.service \
+  pispeaker-trial-watch.service
 ln -sf /run/systemd/resolve/resolv.conf /etc/resolv.conf
 mkdir -p /etc/wpa_supplicant
 ln -sf /run/pispeaker/wpa_supplicant-wlan0.conf /etc/wpa_supplicant/wpa_supplicant-wlan0.conf

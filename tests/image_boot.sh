@@ -85,6 +85,8 @@ cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/fw/cmdline.txt")
 grep -q 'root=PARTUUID=7073706b-02' <<<"$cmdline" || die "slot A's cmdline.txt does not mount partition 2 (root A) by PARTUUID: $cmdline"
 grep -qE '(^| )rauc\.slot=A( |$)' <<<"$cmdline" || die "slot A's cmdline.txt does not name the slot for RAUC (rauc.slot=A): $cmdline"
 [ "$(grep -oE '(^| )r[ow]( |$)' <<<"$cmdline" | tail -n1 | tr -d ' ')" = ro ] || die "cmdline.txt mounts the root read-write: $cmdline"
+grep -qE '(^| )rootflags=noatime,errors=remount-ro( |$)' <<<"$cmdline" || die "slot A's cmdline.txt has not the root's mount options (fstab has no / line): $cmdline"
+grep -qE '(^| )panic=10( |$)' <<<"$cmdline" || die "slot A's cmdline.txt has no panic=10 (a kernel panic would hang instead of rebooting to the boot counter): $cmdline"
 
 free_port() { # a TCP port nothing on the host listens on
   local port
@@ -212,7 +214,8 @@ grep -q '"name":"CI Speaker"' <<<"$status" || die "the boot partition's name was
 pass "invalid boot setting reported on the status page; the speaker runs with the rest"
 admin_password_after_boot
 
-[[ "$(probe root_mount=)" == ro,* ]] || die "root is not read-only: $(probe root_mount=)"
+# ro and noatime come from slot A's cmdline.txt (ro, rootflags=): fstab has no "/" line.
+[[ "$(probe root_mount=)" == ro,noatime* ]] || die "root is not read-only with cmdline.txt's rootflags=noatime: $(probe root_mount=)"
 [[ "$(probe data_mount=)" == *rw* ]] || die "state is not on a writable partition: $(probe data_mount=)"
 [ "$(probe root_password=)" = L ] || die "root's password is not locked: $(probe root_password=)"
 [[ "$(probe journal_storage=)" == /run/* ]] || die "the journal is not volatile: $(probe journal_storage=)"

@@ -21,8 +21,10 @@ fn hook() -> PathBuf {
 }
 
 const CONFIG: &str = "[all]\nkernel=vmlinuz\ninitramfs initrd.img followkernel\ninclude pispeaker-board.txt\nos_prefix=slotA/\n";
-const CMDLINE_A: &str =
-    "console=tty0 console=ttyS1,115200 root=PARTUUID=7073706b-02 rw rootwait rauc.slot=A\n";
+/// Slot A's command line as image/build.sh writes it: the root's mount options (rootflags=, no
+/// fstab line for "/") and panic=10 (a panicking kernel reboots, so the boot counter runs) must
+/// reach every new slot.
+const CMDLINE_A: &str = "console=tty0 console=ttyS1,115200 root=PARTUUID=7073706b-02 rw rootwait ro rootflags=noatime,errors=remount-ro panic=10 rauc.slot=A\n";
 const STEPS: [&str; 5] = [
     "switched-back",
     "copied",
@@ -61,7 +63,7 @@ fn slot_b(version: &str) -> BTreeMap<String, Vec<u8>> {
         ),
         (
             "cmdline.txt",
-            "console=tty0 console=ttyS1,115200 root=PARTUUID=7073706b-03 rw rootwait rauc.slot=B\n"
+            "console=tty0 console=ttyS1,115200 root=PARTUUID=7073706b-03 rw rootwait ro rootflags=noatime,errors=remount-ro panic=10 rauc.slot=B\n"
                 .to_string(),
         ),
     ]
@@ -101,7 +103,9 @@ fn run(dir: &Path, cut: Option<&str>) -> Output {
         .env("RAUC_SLOT_CLASS", "rootfs")
         .env("RAUC_SLOT_BOOTNAME", "B")
         .env("RAUC_SLOT_MOUNT_POINT", dir.join("root"))
-        .env_remove("PISPEAKER_HOOK_CUT");
+        .env_remove("PISPEAKER_HOOK_CUT")
+        // A real power cut (sysrq) on the host would reset the machine running the tests.
+        .env_remove("PISPEAKER_CUT_ACTION");
     if let Some(cut) = cut {
         cmd.env("PISPEAKER_HOOK_CUT", cut);
     }
@@ -248,6 +252,52 @@ fn a_power_cut_at_any_step_leaves_a_bootable_slot_and_the_next_install_completes
             }
         }
     }
+}
+
+/// In the emulator a cut is a real power cut (`PISPEAKER_CUT_ACTION=sysrq`): the hook logs the
+/// step and writes `b` to the sysrq trigger. With files for the trigger and the log (the real
+/// trigger would reset this machine), it writes `b` there and goes no further: the card is as
+/// the default cut (exit 75) leaves it.
+#[test]
+fn a_sysrq_power_cut_writes_b_to_the_trigger_and_stops() {
+    let plain = tempfile::tempdir().unwrap();
+    let boot = card(plain.path());
+    new_root(&plain.path().join("root"), "2.0.0");
+    assert_eq!(run(plain.path(), Some("synced")).status.code(), Some(75));
+    let default_card = tree(&boot);
+
+    let dir = tempfile::tempdir().unwrap();
+    let boot = card(dir.path());
+    new_root(&dir.path().join("root"), "2.0.0");
+    let trigger = dir.path().join("sysrq-trigger");
+    let log = dir.path().join("kmsg");
+    fs::write(&trigger, "").unwrap();
+    fs::write(&log, "").unwrap();
+    let out = Command::new("sh")
+        .arg(hook())
+        .arg("slot-post-install")
+        .env("PISPEAKER_BOOT_DIR", dir.path().join("boot"))
+        .env("PISPEAKER_CMDLINE", dir.path().join("cmdline"))
+        .env("RAUC_SLOT_CLASS", "rootfs")
+        .env("RAUC_SLOT_BOOTNAME", "B")
+        .env("RAUC_SLOT_MOUNT_POINT", dir.path().join("root"))
+        .env("PISPEAKER_HOOK_CUT", "synced")
+        .env("PISPEAKER_CUT_ACTION", "sysrq")
+        .env("PISPEAKER_SYSRQ_TRIGGER", &trigger)
+        .env("PISPEAKER_CUT_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert_eq!(fs::read_to_string(&trigger).unwrap(), "b\n");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "<2>PISPEAKER-CUT: synced\n"
+    );
+    assert_eq!(
+        tree(&boot),
+        default_card,
+        "the card as the default cut leaves it"
+    );
 }
 
 /// Spoils the new root or the card in one way.

@@ -15,8 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("image/rauc/pispeaker-slot")
@@ -51,7 +54,9 @@ fn run(boot: &Path, args: &[&str], cut: Option<&str>) -> Output {
     cmd.arg(script())
         .args(args)
         .env("PISPEAKER_BOOT_DIR", boot)
-        .env("PISPEAKER_BOOT_TRIES", "3");
+        .env("PISPEAKER_BOOT_TRIES", "3")
+        // A real power cut (sysrq) on the host would reset the machine running the tests.
+        .env_remove("PISPEAKER_CUT_ACTION");
     if let Some(cut) = cut {
         cmd.env("PISPEAKER_SLOT_CUT", cut);
     }
@@ -403,7 +408,8 @@ fn boot_count(boot: &Path, slot: &str, cut: Option<&str>) -> (i32, String) {
     cmd.arg(script())
         .arg("boot-count")
         .env("PISPEAKER_BOOT_DIR", boot)
-        .env("PISPEAKER_CMDLINE", cmdline.path());
+        .env("PISPEAKER_CMDLINE", cmdline.path())
+        .env_remove("PISPEAKER_CUT_ACTION");
     if let Some(cut) = cut {
         cmd.env("PISPEAKER_SLOT_CUT", cut);
     }
@@ -575,4 +581,319 @@ fn boot_count_survives_a_power_cut_at_every_step() {
         }
     }
     println!("boot counter power cuts: {checked} card states checked, each ends on slot A");
+}
+
+/// A power cut in the emulator is a real one (`PISPEAKER_CUT_ACTION=sysrq`): at the step the
+/// script logs where it is and writes `b` to the sysrq trigger, an immediate reset. Here the
+/// trigger and the log are files (writing the real trigger would reset this machine): the
+/// script writes `b` there and goes no further, the card exactly as with the default cut.
+#[test]
+fn a_sysrq_power_cut_writes_b_to_the_trigger_and_stops() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    let default = run(boot, &["set-primary", "B"], Some("config.txt:synced"));
+    assert_eq!(default.status.code(), Some(75));
+    let default_card = snapshot(boot);
+
+    let boot2 = boot_partition();
+    let boot2 = boot2.path();
+    let outside = tempfile::tempdir().unwrap();
+    let trigger = outside.path().join("sysrq-trigger");
+    let log = outside.path().join("kmsg");
+    fs::write(&trigger, "").unwrap();
+    fs::write(&log, "").unwrap();
+    let out = Command::new("sh")
+        .arg(script())
+        .args(["set-primary", "B"])
+        .env("PISPEAKER_BOOT_DIR", boot2)
+        .env("PISPEAKER_BOOT_TRIES", "3")
+        .env("PISPEAKER_SLOT_CUT", "config.txt:synced")
+        .env("PISPEAKER_CUT_ACTION", "sysrq")
+        .env("PISPEAKER_SYSRQ_TRIGGER", &trigger)
+        .env("PISPEAKER_CUT_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert_eq!(fs::read_to_string(&trigger).unwrap(), "b\n");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "<2>PISPEAKER-CUT: config.txt:synced\n"
+    );
+    assert_eq!(
+        snapshot(boot2),
+        default_card,
+        "the card as the default cut leaves it"
+    );
+
+    // A trigger that cannot be written: the default cut, said so.
+    let boot3 = boot_partition();
+    let out = Command::new("sh")
+        .arg(script())
+        .args(["set-primary", "B"])
+        .env("PISPEAKER_BOOT_DIR", boot3.path())
+        .env("PISPEAKER_SLOT_CUT", "config.txt:synced")
+        .env("PISPEAKER_CUT_ACTION", "sysrq")
+        .env(
+            "PISPEAKER_SYSRQ_TRIGGER",
+            outside.path().join("no/such/dir"),
+        )
+        .env("PISPEAKER_CUT_LOG", &log)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not write"));
+    assert_eq!(snapshot(boot3.path()), default_card);
+}
+
+/// Seconds since this machine booted, as the script reads them.
+fn uptime() -> u64 {
+    let text = fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    secs as u64
+}
+
+/// What one run of `trial-watch` did: exit status, everything it printed, whether it ran the
+/// reboot command, and how long it took.
+struct Watch {
+    code: Option<i32>,
+    text: String,
+    rebooted: bool,
+    took: Duration,
+}
+
+/// Runs `trial-watch` for a boot of `slot` with `extra` on the kernel command line; `during`
+/// is called once the script has printed its first line (with the card's path), as the
+/// speaker's mark-good would act while the watch runs. The script must end within `limit`.
+fn trial_watch(boot: &Path, cmdline: &str, limit: Duration, during: impl FnOnce(&str)) -> Watch {
+    let outside = tempfile::tempdir().unwrap();
+    let cmdline_file = outside.path().join("cmdline");
+    fs::write(&cmdline_file, format!("{cmdline}\n")).unwrap();
+    let marker = outside.path().join("rebooted");
+    let start = Instant::now();
+    let mut child = Command::new("sh")
+        .arg(script())
+        .arg("trial-watch")
+        .env("PISPEAKER_BOOT_DIR", boot)
+        .env("PISPEAKER_CMDLINE", &cmdline_file)
+        .env("PISPEAKER_TRIAL_POLL", "1")
+        .env(
+            "PISPEAKER_REBOOT_CMD",
+            format!("echo reboot >'{}'", marker.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stdout and stderr line by line through one channel, so the first line can be awaited
+    // with a deadline.
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    let readers = [
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let _ = tx.send(line.unwrap());
+            }
+        }),
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let _ = tx2.send(line.unwrap());
+            }
+        }),
+    ];
+    let mut text = String::new();
+    match rx.recv_timeout(limit) {
+        Ok(first) => {
+            during(&first);
+            text.push_str(&first);
+            text.push('\n');
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("trial-watch printed nothing within {limit:?}");
+        }
+    }
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("trial-watch still running after {limit:?}; printed: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for r in readers {
+        r.join().unwrap();
+    }
+    for line in rx.try_iter() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Watch {
+        code,
+        text,
+        rebooted: marker.exists(),
+        took: start.elapsed(),
+    }
+}
+
+/// Slot B on trial (2 tries left after this boot) and nothing marks it good: when the timeout
+/// given on the command line has passed since boot, the watch says why and reboots.
+#[test]
+fn trial_watch_reboots_a_slot_still_on_trial_at_the_timeout() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    assert_eq!(boot_count(boot, "B", None).0, 0);
+    assert_eq!(slot_line(boot, "B"), "try:2");
+    // 2-3 s from now, measured from this machine's boot as the script measures it (whole
+    // seconds).
+    let timeout = uptime() + 3;
+    let cmdline = format!("console=ttyAMA0 rauc.slot=B pispeaker.trial_timeout={timeout} ro");
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(120), |_| {});
+    println!("rebooted after {:?}: {}", w.took, w.text);
+    assert_eq!(w.code, Some(0), "{}", w.text);
+    assert!(w.rebooted, "the reboot command ran: {}", w.text);
+    assert!(
+        w.text.contains(&format!(
+            "slot B did not become ready within {timeout} s of boot: rebooting; 2 tries left before the speaker returns to slot A"
+        )),
+        "{}",
+        w.text
+    );
+    assert!(
+        w.took >= Duration::from_millis(500),
+        "it waited: {:?}",
+        w.took
+    );
+    assert_eq!(slot_line(boot, "B"), "try:2", "the watch writes nothing");
+
+    // Started late (the timeout already behind, as for a watch that starts after a slow
+    // mount): the time counts from boot, so it reboots at once.
+    let late = uptime().saturating_sub(1);
+    let cmdline = format!("rauc.slot=B pispeaker.trial_timeout={late}");
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert!(w.rebooted, "{}", w.text);
+    assert!(
+        w.text.contains(&format!("within {late} s of boot")),
+        "{}",
+        w.text
+    );
+
+    // No timeout on the command line: 600 s. (This machine booted long ago, so that is past.)
+    if uptime() >= 600 {
+        let w = trial_watch(boot, "rauc.slot=B", Duration::from_secs(60), |_| {});
+        assert!(w.rebooted, "{}", w.text);
+        assert!(w.text.contains("within 600 s of boot"), "{}", w.text);
+    } else {
+        println!("this machine booted under 600 s ago: the default timeout is not checked");
+    }
+}
+
+/// Marked good (mark-good after READY) while the watch waits: it ends without a reboot.
+#[test]
+fn trial_watch_ends_without_a_reboot_when_the_slot_becomes_good() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    assert_eq!(boot_count(boot, "B", None).0, 0);
+    let timeout = uptime() + 300;
+    let cmdline = format!("rauc.slot=B pispeaker.trial_timeout={timeout}");
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(200), |first| {
+        assert!(
+            first.contains("slot B is on trial (2 tries left"),
+            "{first}"
+        );
+        ok(boot, &["set-state", "B", "good"]);
+    });
+    println!("ended after {:?}: {}", w.took, w.text);
+    assert_eq!(w.code, Some(0), "{}", w.text);
+    assert!(!w.rebooted, "{}", w.text);
+    assert!(
+        w.text.contains("slot B is good (marked after READY)"),
+        "{}",
+        w.text
+    );
+}
+
+/// Nothing to watch: a good slot, a bad one (the counter found nothing better), a boot that is
+/// not from an A/B slot. It exits at once (long before the timeout) and never reboots.
+#[test]
+fn trial_watch_exits_at_once_when_not_on_trial() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    let far = uptime() + 3600;
+    ok(boot, &["set-state", "B", "good"]);
+    for (cmdline, says) in [
+        (
+            format!("rauc.slot=B pispeaker.trial_timeout={far}"),
+            "slot B is good: not on trial",
+        ),
+        (
+            format!("rauc.slot=A pispeaker.trial_timeout={far}"),
+            "slot A is good: not on trial",
+        ),
+        (
+            format!("root=/dev/mmcblk0p2 pispeaker.trial_timeout={far}"),
+            "not booted from an A/B slot",
+        ),
+    ] {
+        let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+        assert_eq!((w.code, w.rebooted), (Some(0), false), "{}", w.text);
+        assert!(w.text.contains(says), "{cmdline}: {}", w.text);
+    }
+    ok(boot, &["set-state", "B", "bad"]);
+    let w = trial_watch(
+        boot,
+        &format!("rauc.slot=B pispeaker.trial_timeout={far}"),
+        Duration::from_secs(60),
+        |_| {},
+    );
+    assert_eq!((w.code, w.rebooted), (Some(0), false), "{}", w.text);
+    assert!(w.text.contains("slot B is bad, not on trial"), "{}", w.text);
+}
+
+/// The last try (`try:0`): a reboot returns to the other slot when that one is good and
+/// complete; when it is not, boot-count would boot this slot again, so the watch does not
+/// reboot (it would loop every timeout for ever) and says why.
+#[test]
+fn trial_watch_on_the_last_try_reboots_only_when_there_is_a_slot_to_return_to() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    for _ in 0..3 {
+        assert_eq!(boot_count(boot, "B", None).0, 0);
+    }
+    assert_eq!(slot_line(boot, "B"), "try:0");
+    let past = uptime().saturating_sub(1);
+    let cmdline = format!("rauc.slot=B pispeaker.trial_timeout={past}");
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert!(w.rebooted, "{}", w.text);
+    assert!(
+        w.text
+            .contains("rebooting; 0 tries left before the speaker returns to slot A"),
+        "{}",
+        w.text
+    );
+
+    ok(boot, &["set-state", "A", "bad"]);
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert_eq!((w.code, w.rebooted), (Some(0), false), "{}", w.text);
+    assert!(
+        w.text.contains(
+            "no tries left, but there is no slot to return to (slot A is bad): not rebooting"
+        ),
+        "{}",
+        w.text
+    );
+
+    ok(boot, &["set-state", "A", "good"]);
+    fs::remove_file(boot.join("slotA/bcm2710-rpi-3-b.dtb")).unwrap();
+    let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
+    assert!(!w.rebooted, "{}", w.text);
+    assert!(w.text.contains("slotA has no device tree"), "{}", w.text);
 }
