@@ -8,10 +8,12 @@
 //! (`parse_info`, `decide`, `compare_versions`, `failure_hint`) and unit-tested against output
 //! captured from the real rauc 1.8 (`tests/fixtures/rauc/`).
 //!
-//! A URL goes to rauc as it is: a rauc built with streaming reads the bundle over HTTP range
-//! requests without storing it. Debian bookworm's rauc 1.8-2 is built without streaming and
-//! downloads into a temporary directory instead (at most `max-bundle-download-size`, 8 MiB by
-//! default), which `failure_hint` explains when it fails.
+//! A URL goes to rauc as it is. The SD image's rauc is Debian's 1.8-2 rebuilt with streaming
+//! (`image/rauc/build-rauc.sh`): it reads the bundle over HTTP range requests without storing
+//! it, so the web server must answer range requests, and installing needs the kernel's nbd
+//! device. A rauc without streaming (Debian's own package, e.g. on a build machine) downloads into
+//! a temporary directory instead (at most `max-bundle-download-size`, 8 MiB by default).
+//! `failure_hint` explains the failures of both.
 
 use std::cmp::Ordering;
 use std::ffi::OsString;
@@ -153,9 +155,15 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         "the update's own install step (writing its boot files to the boot partition) failed, so nothing was switched. Its reason is in the RAUC service's log: 'journalctl -u rauc'"
     } else if has("Compatible mismatch") {
         "the bundle is for another device or architecture; use the armhf bundle"
+    } else if has("range requests not supported") {
+        // RAUC 1.8 src/nbd.c finish_configure: a 200 where a 206 answers its first range request.
+        "the web server sends the whole file instead of answering HTTP range requests, which streaming the bundle needs. Serve it from a server that supports them (nginx, Apache, lighttpd and Caddy do for static files), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
+    } else if has("'nbd' netlink family") || has("BLK_DEV_NBD") {
+        // RAUC 1.8 src/nbd.c netlink_connect: the kernel has no nbd (network block device).
+        "this kernel has no network block device (nbd), which installing a bundle from a URL needs; the SD image loads it at boot ('modprobe nbd'), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
         "this rauc downloads a URL instead of streaming it, and the bundle is larger than it may download. Copy the bundle onto the speaker (or a USB stick) and run 'pispeaker update FILE'"
-    } else if has("Failed to download") || has("Transfer failed") {
+    } else if has("Failed to download") || has("Transfer failed") || has("Failed to stream") {
         "the bundle could not be downloaded: check the URL and that the speaker is online"
     } else if has("D-Bus") || has("Error creating proxy") {
         // Before "No such file": a missing D-Bus socket says "No such file or directory" too.
@@ -191,7 +199,8 @@ pub fn install_args(opts: &Options) -> Vec<OsString> {
     vec!["install".into(), opts.source.clone().into()]
 }
 
-/// rauc's reason without its informational chatter (`rauc-Message:` lines, curl's verbose
+/// rauc's reason without its informational chatter (`rauc-Message:` lines, the streaming
+/// helper's `rauc-nbd-Message:` lines, curl's verbose
 /// `*`/`>`/`<` lines and the request headers after them): the error lines when there are any.
 fn reason(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
@@ -199,6 +208,7 @@ fn reason(stderr: &str) -> String {
         .filter(|l| {
             !l.is_empty()
                 && !l.starts_with("rauc-Message:")
+                && !l.starts_with("rauc-nbd-Message:")
                 && !l.starts_with("* ")
                 && !l.starts_with("> ")
                 && !l.starts_with("< ")
@@ -484,6 +494,18 @@ mod tests {
                 "could not be downloaded",
             ),
             (
+                include_str!("../tests/fixtures/rauc/info-url-stream-refused.stderr"),
+                "could not be downloaded",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/info-url-stream-not-found.stderr"),
+                "could not be downloaded",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/info-url-stream-no-range.stderr"),
+                "HTTP range requests",
+            ),
+            (
                 include_str!("../tests/fixtures/rauc/install-no-service.stderr"),
                 "RAUC service is not running",
             ),
@@ -514,6 +536,14 @@ mod tests {
         assert_eq!(
             shown,
             "Failed to download bundle http://127.0.0.1:35993/pispeaker-99.0.0-armhf.raucb: Transfer failed: Maximum file size exceeded"
+        );
+        // The streaming helper's chatter ("request failed ... retrying") is not the reason.
+        let shown = reason(include_str!(
+            "../tests/fixtures/rauc/info-url-stream-no-range.stderr"
+        ));
+        assert_eq!(
+            shown,
+            "Failed to stream bundle http://127.0.0.1:8766/pispeaker-1.0-armhf.raucb: failed to configure streaming: range requests not supported by server"
         );
     }
 
