@@ -95,7 +95,9 @@ fn large_bundle(dir: &Path) -> (PathBuf, PathBuf) {
     let cert = dir.join("release.cert.pem");
     check(
         Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
             .args(["-subj", "/CN=release"])
             .arg("-keyout")
             .arg(&key)
