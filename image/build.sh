@@ -6,7 +6,8 @@
 #
 # Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
 # build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
-# built from Debian's own kernel source for the image kernel (image/codecs). No loop devices, no
+# built from Debian's own kernel source for the image kernel (image/codecs), and Debian's rauc
+# rebuilt from its own source with HTTP streaming (image/rauc/build-rauc.sh). No loop devices, no
 # docker: mmdebstrap builds the root file system under qemu-user binfmt, genimage writes the
 # partitioned image with mke2fs -d and mtools.
 #
