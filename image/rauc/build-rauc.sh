@@ -37,7 +37,9 @@ export LC_ALL=C
 
 die() { printf 'error: rauc with streaming: %s\n' "$*" >&2; exit 1; }
 [ $# -ge 4 ] || die "usage: $0 ARCH SOURCE_VERSION CACHE_DIR OUT [APT_LINE...]"
-ARCH=$1 VERSION=$2 CACHE=$3 OUT=$4
+ARCH=$1 VERSION=$2
+# Absolute: the build changes directory.
+CACHE=$(realpath -m "$3") OUT=$(realpath -m "$4")
 shift 4
 APT_LINES=("$@")
 [ ${#APT_LINES[@]} -gt 0 ] || APT_LINES=("deb http://deb.debian.org/debian bookworm main")
