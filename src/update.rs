@@ -147,6 +147,11 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         || has("squashfs")
     {
         "the bundle file is damaged or incomplete (an interrupted download?). Download it again and check its size"
+    } else if has("'nbd' netlink family") || has("BLK_DEV_NBD") {
+        // RAUC 1.8 src/nbd.c netlink_connect: the kernel has no nbd (network block device).
+        // Before the mount failure below: an install says "Failed mounting bundle: " first
+        // (src/install.c).
+        "this kernel has no network block device (nbd), which installing a bundle from a URL needs; the SD image loads it at boot ('modprobe nbd'), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
     } else if has("/dev/mapper/control") || has("Failed mounting bundle") {
         "this kernel cannot mount the verity bundle (it needs device-mapper with dm-verity, loop and squashfs); the SD image's kernel has them, so this is not the speaker's own system"
     } else if has("slot hook") {
@@ -158,9 +163,6 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
     } else if has("range requests not supported") {
         // RAUC 1.8 src/nbd.c finish_configure: a 200 where a 206 answers its first range request.
         "the web server sends the whole file instead of answering HTTP range requests, which streaming the bundle needs. Serve it from a server that supports them (nginx, Apache, lighttpd and Caddy do for static files), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
-    } else if has("'nbd' netlink family") || has("BLK_DEV_NBD") {
-        // RAUC 1.8 src/nbd.c netlink_connect: the kernel has no nbd (network block device).
-        "this kernel has no network block device (nbd), which installing a bundle from a URL needs; the SD image loads it at boot ('modprobe nbd'), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
         "this rauc downloads a URL instead of streaming it, and the bundle is larger than it may download. Copy the bundle onto the speaker (or a USB stick) and run 'pispeaker update FILE'"
     } else if has("Failed to download") || has("Transfer failed") || has("Failed to stream") {
@@ -506,6 +508,10 @@ mod tests {
                 "HTTP range requests",
             ),
             (
+                include_str!("../tests/fixtures/rauc/mount-url-no-nbd.stderr"),
+                "no network block device (nbd)",
+            ),
+            (
                 include_str!("../tests/fixtures/rauc/install-no-service.stderr"),
                 "RAUC service is not running",
             ),
@@ -524,6 +530,12 @@ mod tests {
         ] {
             assert!(failure_hint(fixture).contains(want), "{fixture}");
         }
+        // What an install through the service reports for the same (RAUC 1.8 src/install.c
+        // prefixes mount_bundle's error with "Failed mounting bundle: ").
+        assert!(failure_hint(
+            "Failed mounting bundle: failed to resolve 'nbd' netlink family - BLK_DEV_NBD not enabled in kernel?"
+        )
+        .contains("no network block device (nbd)"));
         // Only the reason is shown, not rauc's progress chatter.
         let shown = reason(include_str!("../tests/fixtures/rauc/info-other-key.stderr"));
         assert_eq!(
