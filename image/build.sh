@@ -6,7 +6,8 @@
 #
 # Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
 # build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
-# built from Debian's own kernel source for the image kernel (image/codecs). No loop devices, no
+# built from Debian's own kernel source for the image kernel (image/codecs), and Debian's rauc
+# rebuilt from its own source with HTTP streaming (image/rauc/build-rauc.sh). No loop devices, no
 # docker: mmdebstrap builds the root file system under qemu-user binfmt, genimage writes the
 # partitioned image with mke2fs -d and mtools.
 #
@@ -101,7 +102,7 @@ DPKG_OPTS=(
 step "host tools"
 need=()
 for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler \
-         gcc-12-arm-linux-gnueabihf make rauc squashfs-tools openssl; do
+         gcc-12-arm-linux-gnueabihf make rauc squashfs-tools openssl pkg-config python3 dpkg-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -223,6 +224,24 @@ install -m 0644 "$SIGN_CERT" "$ROOT/etc/rauc/keyring.pem"
 install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
 chroot "$ROOT" /tmp/customize.sh
 rm -f "$ROOT/tmp/customize.sh"
+# RAUC with HTTP streaming: Debian's rauc is built without it (a URL is downloaded first, 8 MiB at
+# most). image/rauc/build-rauc.sh rebuilds the same Debian source version with streaming on the
+# host (cached in $CACHE by version); it takes /usr/bin/rauc's place through a dpkg diversion,
+# Debian's own binary kept as /usr/bin/rauc.debian. Run here, under qemu, it must start (its
+# libraries are on the image) and treat a URL as a stream, not a download.
+rauc_src=$(chroot "$ROOT" dpkg-query -W -f='${source:Version}' rauc) || die "rauc is not installed in the root file system"
+bash image/rauc/build-rauc.sh armhf "$rauc_src" "$CACHE" "$WORK/rauc" "${APT_LINES[@]}" \
+  || die "could not build rauc $rauc_src with streaming (above)"
+chroot "$ROOT" dpkg-divert --quiet --local --rename --divert /usr/bin/rauc.debian --add /usr/bin/rauc
+install -m 0755 "$WORK/rauc" "$ROOT/usr/bin/rauc"
+chroot "$ROOT" rauc --version >/dev/null || die "the streaming rauc does not start on the image (a missing library?)"
+# Nothing listens on port 9: only the first message matters ("streaming", where Debian's says
+# "downloading"); the helper's retries take ~5 s.
+chroot "$ROOT" rauc --conf=/etc/rauc/system.conf info http://127.0.0.1:9/check.raucb >"$WORK/rauc-stream.log" 2>&1 || true
+grep -q 'Remote URI detected, streaming bundle' "$WORK/rauc-stream.log" \
+  || { cat "$WORK/rauc-stream.log" >&2; die "the image's rauc does not stream a URL (log above)"; }
+find "$ROOT/usr/lib/modules" -name 'nbd.ko*' | grep -q . || die "the image kernel has no nbd module, which RAUC's streaming needs"
+echo "rauc: $(chroot "$ROOT" rauc --version) with HTTP streaming (Debian source $rauc_src, image/rauc/build-rauc.sh)"
 umount -l "$ROOT/dev" "$ROOT/proc"
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ fi
 # desktop and hardware-decoding extras the tests never use, and they make CI slower. chromium
 # (headless) drives the web app in tests/web_browser.rs; fonts-dejavu-core gives it a font.
 # rauc, squashfs-tools and openssl build and check signed update bundles (tests/rauc_bundle.rs);
-# dbus runs a private bus for the RAUC service in tests/rauc_install.rs.
+# dbus runs a private bus for the RAUC service in tests/rauc_install.rs. mmdebstrap and python3
+# build rauc with HTTP streaming (image/rauc/build-rauc.sh), which needs libnl-genl-3-200 to run
+# (tests/rauc_stream.rs).
 need_pkgs=()
-for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils chromium fonts-dejavu-core rauc squashfs-tools openssl dbus; do
+for pkg in build-essential pkg-config libasound2-dev iproute2 iptables systemd curl ca-certificates sox libsox-fmt-mp3 ffmpeg qemu-system-arm mtools fdisk xz-utils chromium fonts-dejavu-core rauc squashfs-tools openssl dbus mmdebstrap python3 libnl-genl-3-200; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -81,9 +83,16 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+# The image's rauc is Debian's rebuilt with HTTP streaming (image/rauc/build-rauc.sh);
+# tests/rauc_stream.rs runs the same build for this machine (~1 min, then cached by version).
+step "rauc with HTTP streaming for the host tests (image/rauc/build-rauc.sh)"
+$SUDO nice -n 10 bash image/rauc/build-rauc.sh "$(dpkg --print-architecture)" \
+  "$(dpkg-query -W -f='${source:Version}' rauc)" image/cache target/rauc-streaming/rauc
+PISPEAKER_STREAMING_RAUC=$PWD/target/rauc-streaming/rauc
+
 step "cargo test (host)"
 $SUDO env "PATH=$PATH" "HOME=$HOME" ${CARGO_HOME:+"CARGO_HOME=$CARGO_HOME"} ${RUSTUP_HOME:+"RUSTUP_HOME=$RUSTUP_HOME"} \
-  cargo test --locked --all-targets -- --nocapture 2>&1 | tee /tmp/pispeaker-host-tests.log
+  "PISPEAKER_STREAMING_RAUC=$PISPEAKER_STREAMING_RAUC" cargo test --locked --all-targets -- --nocapture 2>&1 | tee /tmp/pispeaker-host-tests.log
 host_passed=$(grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{p+=$4} END {print p+0}')
 host_failed=$(grep -E '^test result:' /tmp/pispeaker-host-tests.log | awk '{f+=$6} END {print f+0}')
 echo "host tests: $host_passed passed"

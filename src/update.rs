@@ -8,10 +8,12 @@
 //! (`parse_info`, `decide`, `compare_versions`, `failure_hint`) and unit-tested against output
 //! captured from the real rauc 1.8 (`tests/fixtures/rauc/`).
 //!
-//! A URL goes to rauc as it is: a rauc built with streaming reads the bundle over HTTP range
-//! requests without storing it. Debian bookworm's rauc 1.8-2 is built without streaming and
-//! downloads into a temporary directory instead (at most `max-bundle-download-size`, 8 MiB by
-//! default), which `failure_hint` explains when it fails.
+//! A URL goes to rauc as it is. The SD image's rauc is Debian's 1.8-2 rebuilt with streaming
+//! (`image/rauc/build-rauc.sh`): it reads the bundle over HTTP range requests without storing
+//! it, so the web server must answer range requests, and installing needs the kernel's nbd
+//! device. A rauc without streaming (Debian's own package, e.g. on a build machine) downloads into
+//! a temporary directory instead (at most `max-bundle-download-size`, 8 MiB by default).
+//! `failure_hint` explains the failures of both.
 
 use std::cmp::Ordering;
 use std::ffi::OsString;
@@ -145,6 +147,11 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         || has("squashfs")
     {
         "the bundle file is damaged or incomplete (an interrupted download?). Download it again and check its size"
+    } else if has("'nbd' netlink family") || has("BLK_DEV_NBD") {
+        // RAUC 1.8 src/nbd.c netlink_connect: the kernel has no nbd (network block device).
+        // Before the mount failure below: an install says "Failed mounting bundle: " first
+        // (src/install.c).
+        "this kernel has no network block device (nbd), which installing a bundle from a URL needs; the SD image loads it at boot ('modprobe nbd'), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
     } else if has("/dev/mapper/control") || has("Failed mounting bundle") {
         "this kernel cannot mount the verity bundle (it needs device-mapper with dm-verity, loop and squashfs); the SD image's kernel has them, so this is not the speaker's own system"
     } else if has("slot hook") {
@@ -153,9 +160,12 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         "the update's own install step (writing its boot files to the boot partition) failed, so nothing was switched. Its reason is in the RAUC service's log: 'journalctl -u rauc'"
     } else if has("Compatible mismatch") {
         "the bundle is for another device or architecture; use the armhf bundle"
+    } else if has("range requests not supported") {
+        // RAUC 1.8 src/nbd.c finish_configure: a 200 where a 206 answers its first range request.
+        "the web server sends the whole file instead of answering HTTP range requests, which streaming the bundle needs. Serve it from a server that supports them (nginx, Apache, lighttpd and Caddy do for static files), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
         "this rauc downloads a URL instead of streaming it, and the bundle is larger than it may download. Copy the bundle onto the speaker (or a USB stick) and run 'pispeaker update FILE'"
-    } else if has("Failed to download") || has("Transfer failed") {
+    } else if has("Failed to download") || has("Transfer failed") || has("Failed to stream") {
         "the bundle could not be downloaded: check the URL and that the speaker is online"
     } else if has("D-Bus") || has("Error creating proxy") {
         // Before "No such file": a missing D-Bus socket says "No such file or directory" too.
@@ -191,7 +201,8 @@ pub fn install_args(opts: &Options) -> Vec<OsString> {
     vec!["install".into(), opts.source.clone().into()]
 }
 
-/// rauc's reason without its informational chatter (`rauc-Message:` lines, curl's verbose
+/// rauc's reason without its informational chatter (`rauc-Message:` lines, the streaming
+/// helper's `rauc-nbd-Message:` lines, curl's verbose
 /// `*`/`>`/`<` lines and the request headers after them): the error lines when there are any.
 fn reason(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
@@ -199,6 +210,7 @@ fn reason(stderr: &str) -> String {
         .filter(|l| {
             !l.is_empty()
                 && !l.starts_with("rauc-Message:")
+                && !l.starts_with("rauc-nbd-Message:")
                 && !l.starts_with("* ")
                 && !l.starts_with("> ")
                 && !l.starts_with("< ")
@@ -484,6 +496,22 @@ mod tests {
                 "could not be downloaded",
             ),
             (
+                include_str!("../tests/fixtures/rauc/info-url-stream-refused.stderr"),
+                "could not be downloaded",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/info-url-stream-not-found.stderr"),
+                "could not be downloaded",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/info-url-stream-no-range.stderr"),
+                "HTTP range requests",
+            ),
+            (
+                include_str!("../tests/fixtures/rauc/mount-url-no-nbd.stderr"),
+                "no network block device (nbd)",
+            ),
+            (
                 include_str!("../tests/fixtures/rauc/install-no-service.stderr"),
                 "RAUC service is not running",
             ),
@@ -502,6 +530,12 @@ mod tests {
         ] {
             assert!(failure_hint(fixture).contains(want), "{fixture}");
         }
+        // What an install through the service reports for the same (RAUC 1.8 src/install.c
+        // prefixes mount_bundle's error with "Failed mounting bundle: ").
+        assert!(failure_hint(
+            "Failed mounting bundle: failed to resolve 'nbd' netlink family - BLK_DEV_NBD not enabled in kernel?"
+        )
+        .contains("no network block device (nbd)"));
         // Only the reason is shown, not rauc's progress chatter.
         let shown = reason(include_str!("../tests/fixtures/rauc/info-other-key.stderr"));
         assert_eq!(
@@ -514,6 +548,14 @@ mod tests {
         assert_eq!(
             shown,
             "Failed to download bundle http://127.0.0.1:35993/pispeaker-99.0.0-armhf.raucb: Transfer failed: Maximum file size exceeded"
+        );
+        // The streaming helper's chatter ("request failed ... retrying") is not the reason.
+        let shown = reason(include_str!(
+            "../tests/fixtures/rauc/info-url-stream-no-range.stderr"
+        ));
+        assert_eq!(
+            shown,
+            "Failed to stream bundle http://127.0.0.1:8766/pispeaker-1.0-armhf.raucb: failed to configure streaming: range requests not supported by server"
         );
     }
 
