@@ -55,8 +55,10 @@ WORK=$(mktemp -d /var/tmp/pispeaker-update.XXXXXX)
 QEMU_PID=""
 LOGS=${PISPEAKER_UPDATE_LOG_DIR:-/tmp/pispeaker-image-update}
 rm -rf "$LOGS" && mkdir -p "$LOGS"
+HTTP_PID=""
 cleanup() {
   [ -n "$QEMU_PID" ] && kill -9 "$QEMU_PID" 2>/dev/null || true
+  [ -n "$HTTP_PID" ] && kill "$HTTP_PID" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -71,13 +73,25 @@ FAT="$IMG@@$(( $(part_start 1) * 512 ))"
 fsck_ok() { e2fsck -fn "$1" >"$WORK/fsck.log" 2>&1 || { cat "$WORK/fsck.log"; return 1; }; }
 
 echo "==> update bundles for $NAME: N+1 = $NEXT, N+2 (never ready) = $NEVER"
+# PISPEAKER_UPDATE_BUNDLE_CACHE=DIR keeps the bundle disk between runs of the same image (for
+# working on this test; CI makes them afresh).
+BUNDLE_CACHE=""
+if [ -n "${PISPEAKER_UPDATE_BUNDLE_CACHE:-}" ]; then
+  BUNDLE_CACHE=$PISPEAKER_UPDATE_BUNDLE_CACHE/bundles-$(cut -c1-16 "$XZ.sha256")-$(cat image/rauc/make-bundle.sh image/rauc/pispeaker-bundle-hook | sha256sum | cut -c1-8).img
+fi
+if [ -n "$BUNDLE_CACHE" ] && [ -s "$BUNDLE_CACHE" ] && [ -s "$BUNDLE_CACHE.http/never-ready.raucb" ]; then
+  cp --sparse=always "$BUNDLE_CACHE" "$WORK/bundles.img"
+  cp -r "$BUNDLE_CACHE.http" "$WORK/http"
+  echo "reusing $BUNDLE_CACHE"
+else
+make_bundles() {
 t=$(date +%s)
 dd if="$IMG" of="$WORK/root-n.ext4" bs=512 skip="$(part_start 2)" count="$(part_size 2)" status=none
 fsck_ok "$WORK/root-n.ext4" || die "the image's root file system (partition 2) does not check clean"
 debugfs -R 'cat /etc/rauc/keyring.pem' "$WORK/root-n.ext4" 2>/dev/null > "$WORK/keyring.pem"
 cmp -s <(openssl x509 -in "$WORK/keyring.pem" -noout -fingerprint) <(openssl x509 -in "$CERT" -noout -fingerprint) \
   || die "the image trusts another certificate than $CERT: build the image and this test with the same key"
-mkdir -p "$WORK/bundles" "$WORK/out-next" "$WORK/out-never" "$WORK/out-other"
+mkdir -p "$WORK/bundles" "$WORK/out-next" "$WORK/out-never"
 
 # N+1: the same root with a marker the guest reports.
 cp --sparse=always "$WORK/root-n.ext4" "$WORK/root-next.ext4"
@@ -117,21 +131,35 @@ sh image/rauc/make-bundle.sh "$WORK/root-never.ext4" "$NEVER" "$WORK/out-never" 
 mv "$WORK/out-never/"*.raucb "$WORK/bundles/never-ready.raucb"
 
 # Damaged: a byte of the signature (the CMS blob before the 8-byte size at the end) flipped; the
-# same root signed with a key the image does not trust (make-bundle.sh makes a fresh development
-# pair in an empty keys directory); the first half only.
+# same bundle signed again with a key the image does not trust (rauc resign); the first half only.
 cp "$WORK/bundles/next.raucb" "$WORK/bundles/broken-signature.raucb"
 size=$(stat -c %s "$WORK/bundles/broken-signature.raucb")
 byte=$(od -An -tu1 -j $((size - 100)) -N1 "$WORK/bundles/broken-signature.raucb" | tr -d ' ')
 printf "$(printf '\\%03o' $((byte ^ 0x5a)))" | dd of="$WORK/bundles/broken-signature.raucb" bs=1 seek=$((size - 100)) conv=notrunc status=none
-PISPEAKER_KEYS_DIR=$WORK/other-keys sh image/rauc/make-bundle.sh "$WORK/root-next.ext4" "$NEXT" "$WORK/out-other" >"$LOGS/bundle-other.log" 2>&1 \
-  || { cat "$LOGS/bundle-other.log"; die "make-bundle.sh could not make the other key's bundle"; }
-mv "$WORK/out-other/"*.raucb "$WORK/bundles/other-key.raucb"
+(umask 077 && openssl req -x509 -newkey rsa:4096 -nodes -days 36500 -subj "/O=not pispeaker/CN=another signer" \
+  -keyout "$WORK/other.key.pem" -out "$WORK/other.cert.pem" 2>/dev/null) || die "openssl could not make the other key pair"
+rauc resign --keyring="$CERT" --signing-keyring="$WORK/other.cert.pem" --cert="$WORK/other.cert.pem" --key="$WORK/other.key.pem" \
+  "$WORK/bundles/next.raucb" "$WORK/bundles/other-key.raucb" >"$LOGS/bundle-other.log" 2>&1 \
+  || { cat "$LOGS/bundle-other.log"; die "rauc resign could not sign next.raucb with the other key"; }
 head -c $(( $(stat -c %s "$WORK/bundles/next.raucb") / 2 )) "$WORK/bundles/next.raucb" > "$WORK/bundles/truncated.raucb"
 rm -f "$WORK"/root-*.ext4
 bundles_mb=$(du -sm "$WORK/bundles" | cut -f1)
-mke2fs -q -t ext4 -L CIBUNDLES -d "$WORK/bundles" "$WORK/bundles.img" "$((bundles_mb + 64))M"
+mke2fs -q -t ext4 -L CIBUNDLES -d "$WORK/bundles" "$WORK/bundles.img" "$((bundles_mb + 64))M" >/dev/null
+# The never-ready bundle is also served over HTTP (an install from a URL, streamed).
+mkdir -p "$WORK/http" && mv "$WORK/bundles/never-ready.raucb" "$WORK/http/"
 rm -rf "$WORK/bundles"
 pass "bundles made in $(( $(date +%s) - t )) s: next.raucb $(( $(stat -c %s "$WORK/bundles.img") / 1000000 )) MB disk for 5 bundles"
+}
+make_bundles
+[ -z "$BUNDLE_CACHE" ] || { mkdir -p "$(dirname "$BUNDLE_CACHE")" && cp --sparse=always "$WORK/bundles.img" "$BUNDLE_CACHE" && rm -rf "$BUNDLE_CACHE.http" && cp -r "$WORK/http" "$BUNDLE_CACHE.http"; }
+fi
+
+# The host's HTTP server for the install from a URL (qemu's user network shows the host's
+# loopback to the guest as 10.0.2.2).
+free_port() { local port; while :; do port=$((20000 + RANDOM % 40000)); ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }; done; }
+HTTP_PORT=$(free_port)
+python3 tests/image/range_http_server.py "$WORK/http" "$HTTP_PORT" >"$LOGS/http.log" 2>&1 &
+HTTP_PID=$!
 
 # The speaker's settings on the card (as tests/image_boot.sh): a name and the USB DAC preset.
 printf 'name = "CI Update Speaker"\nboard = "usb-dac"\n' > "$WORK/pispeaker.toml"
@@ -144,7 +172,7 @@ firmware() {
   bash tests/image/pi_firmware.sh "$IMG" pi2 "$WORK/fw" > "$WORK/firmware.txt" || die "the firmware's view of the boot partition failed (above)"
   sed -n 's/^os_prefix=//p' "$WORK/firmware.txt"
 }
-card_file() { mcopy -o -i "$FAT" "::$1" "$WORK/card-$1" 2>/dev/null && tr '\n' ' ' < "$WORK/card-$1"; }
+card_file() { mcopy -o -i "$FAT" "::$1" "$WORK/card-$1" 2>/dev/null && grep -v '^#' "$WORK/card-$1" | tr '\n' ' '; }
 
 BOOT_NO=0
 CONSOLE=""
@@ -158,7 +186,7 @@ boot() {
   BOOT_STARTED=$(date +%s)
   qemu-system-arm -M virt,highmem=off -m 1024 -smp 2 \
     -kernel "$WORK/fw/kernel" -initrd "$WORK/fw/initramfs" \
-    -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-update-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target pispeaker.ci=$1 $extra" \
+    -append "console=ttyAMA0 $cmdline systemd.run=\"/bin/sh /boot/firmware/ci-update-probe.sh\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target pispeaker.ci=$1 pispeaker.ci_url=http://10.0.2.2:$HTTP_PORT $extra" \
     -drive file="$IMG",if=none,format=raw,id=hd -device virtio-blk-device,drive=hd \
     -drive file="$WORK/bundles.img",if=none,format=raw,id=bundles,readonly=on -device virtio-blk-device,drive=bundles \
     -netdev user,id=n -device virtio-net-device,netdev=n \
@@ -193,14 +221,19 @@ power_cut() { kill -9 "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/n
 # A boot of a good slot: READY, and the booted slot good afterwards.
 expect_ready() { # SLOT
   wait_for 'PISPEAKER-CI: state=' || { tail -n 60 "$CONSOLE"; die "boot $BOOT_NO: qemu ended before the speaker's state was reported"; }
-  wait_for 'PISPEAKER-CI: slots_after_ready=' || die "boot $BOOT_NO: qemu ended before mark-good was reported"
+  wait_for 'PISPEAKER-CI: build=' || die "boot $BOOT_NO: qemu ended before mark-good and the running build were reported"
   [ "$(probe 'boot phase=[a-z-]* slot=' | cut -d' ' -f1)" = "$1" ] || die "boot $BOOT_NO booted slot $(probe 'boot phase=[a-z-]* slot='), not $1"
   [ "$(probe state=)" = active ] || { probe_all ''; die "boot $BOOT_NO: the speaker on slot $1 did not become READY"; }
   [ "$(probe rauc_booted=)" = "$1" ] || die "boot $BOOT_NO: rauc status says slot $(probe rauc_booted=) booted, not $1"
   grep -q "$1=good" <<<"$(probe slots_after_ready=)" || die "boot $BOOT_NO: slot $1 is not good after READY: $(probe slots_after_ready=) (mark-good: $(probe markgood=))"
 }
+# The pair state (hashes of the device id, the Jellyfin token, the web API token) is the same as
+# on the first boot, and the volume file is still there (its value follows the DAC, see the probe).
 expect_fingerprint() {
-  [ "$(probe fingerprint=)" = "$FINGERPRINT" ] || die "boot $BOOT_NO: the speaker's state changed: $(probe fingerprint=), was $FINGERPRINT"
+  local now
+  now=$(probe fingerprint=)
+  [ "${now% volume-file:*}" = "${FINGERPRINT% volume-file:*}" ] || die "boot $BOOT_NO: the speaker's state changed: $now, was $FINGERPRINT"
+  [[ "$now" == *volume-file:[0-9]* ]] || die "boot $BOOT_NO: the volume file is gone: $now"
 }
 
 # --- boot 1: slot A, version N; state; refusals; a power cut while the image is copied.
@@ -209,9 +242,9 @@ boot first
 expect_ready A
 wait_for 'PISPEAKER-CI: cut-point install-copy' || { tail -n 60 "$CONSOLE"; die "boot 1 ended before its install"; }
 FINGERPRINT=$(probe fingerprint=)
-grep -q 'device_id:[0-9a-f]\{16\} jellyfin_token:[0-9a-f]\{16\} volume:[0-9a-f]\{16\}' <<<"$FINGERPRINT" \
-  || die "the pair state is incomplete before the update: $FINGERPRINT ($(probe volume_file=))"
-pass "boot 1, slot A ($VERSION): READY; pair state: $FINGERPRINT (volume $(probe volume_file=))"
+grep -q 'device_id:[0-9a-f]\{16\} jellyfin_token:[0-9a-f]\{16\} .*volume-file:24248$' <<<"$FINGERPRINT" \
+  || die "the pair state is incomplete before the update: $FINGERPRINT"
+pass "boot 1, slot A ($VERSION): READY; pair state: $FINGERPRINT"
 probe_all 'refus' | sed 's/^/  /'
 for b in broken-signature other-key truncated; do
   line=$(probe "refused $b.raucb ")
@@ -273,7 +306,12 @@ grep -qE "^running +$NEXT \\(slot B\\)" <<<"$(probe_all 'status ')" || { probe_a
 pass "scenario 1: installed $NEXT from $VERSION (${install_line#*seconds=} s in the emulator), rebooted: slot B runs $NEXT, READY and marked good (B: $(probe slots_after_ready=)), device id, Jellyfin token and volume unchanged"
 probe_all 'status ' | sed 's/^/  /'
 wait_exit
-grep -q "PISPEAKER-CI: install never-ready.raucb rc=0" "$CONSOLE" || { probe_all 'update '; die "the install of the never-ready bundle failed"; }
+grep -q "PISPEAKER-CI: install never-ready.raucb rc=0" "$CONSOLE" || { probe_all 'update '; tail -n 20 "$LOGS/http.log"; die "the install of the never-ready bundle from http://10.0.2.2:$HTTP_PORT/ failed"; }
+ranges=$(grep -c '^sent .* for bytes=' "$LOGS/http.log" || true)
+whole=$(grep -c '^sent .* for the whole file' "$LOGS/http.log" || true)
+sent=$(awk '/^sent /{s+=$2} END{print s+0}' "$LOGS/http.log")
+[ "$ranges" -ge 2 ] && [ "$whole" = 0 ] || die "the install from a URL was not streamed: $ranges range requests, $whole whole-file requests"
+pass "an install from a URL (http://10.0.2.2:$HTTP_PORT/never-ready.raucb) was streamed by RAUC: $ranges range requests, $((sent / 1000000)) MB read, no whole-file download"
 [ "$(firmware)" = slotA/ ] && grep -q 'A=try:3' <<<"$(card_file pispeaker-slots.txt)" || die "after installing the never-ready bundle config.txt does not boot slot A on trial: $(card_file pispeaker-slots.txt)"
 
 # --- slot A on trial, never ready: boots until the card boots slot B again (scenario 2).

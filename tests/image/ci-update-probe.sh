@@ -11,7 +11,7 @@ phase=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^pispeaker\.ci=//p' | tail -n1)
 slot=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^rauc\.slot=//p' | tail -n1)
 out "boot phase=$phase slot=$slot uptime=$(cut -d' ' -f1 /proc/uptime)"
 out "bootcount=$(tr '\n' ' ' </run/pispeaker-bootcount.log 2>&1)"
-out "slots=$(tr '\n' ' ' </boot/firmware/pispeaker-slots.txt)"
+out "slots=$(grep -v '^#' /boot/firmware/pispeaker-slots.txt | tr '\n' ' ')"
 
 # A boot of a slot that never becomes ready: report nothing more; pispeaker-trial-watch.service
 # reboots it (the host counts the boots).
@@ -40,15 +40,20 @@ while [ $i -lt 120 ]; do
   i=$((i + 1))
 done
 out "markgood=$mg,$(systemctl show -p Result --value pispeaker-mark-good.service)"
-out "slots_after_ready=$(tr '\n' ' ' </boot/firmware/pispeaker-slots.txt)"
+out "slots_after_ready=$(grep -v '^#' /boot/firmware/pispeaker-slots.txt | tr '\n' ' ')"
 out "rauc_booted=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_BOOTED_BOOTNAME='*\([^']*\)'*$/\1/p")"
 out "build=$(cat /usr/lib/pispeaker/ci-build 2>/dev/null || echo flashed)"
 
 STATE=/var/lib/pispeaker
+# The pair state that must survive every update and rollback: the Spotify device id, the
+# Jellyfin token, the web API token (secrets: only their hashes leave the guest). The volume
+# file is reported as it is: with a hardware mixer the daemon stores the DAC's live volume, which
+# the emulated DAC resets at every power-on.
 fingerprint() {
-  for f in device_id jellyfin_token volume; do
+  for f in device_id jellyfin_token web-api-token; do
     printf '%s:%s ' "$f" "$(sha256sum "$STATE/$f" 2>/dev/null | cut -c1-16)"
   done
+  printf 'volume-file:%s' "$(cat "$STATE/volume" 2>/dev/null | tr -cd 0-9 | grep . || echo missing)"
 }
 
 # The speaker's own view of the update (what the status page shows).
@@ -58,9 +63,14 @@ mkdir -p /run/ci-bundles
 mount -o ro LABEL=CIBUNDLES /run/ci-bundles 2>/dev/null || mount -o ro /dev/vdb /run/ci-bundles || out "error: no bundle disk"
 
 # An install, its output on the console as it goes (the host cuts the power at chosen lines).
-install() { # BUNDLE
+# BUNDLE is a file on the bundle disk, or with `url` the same name on the host's HTTP server
+# (pispeaker.ci_url= on the command line), which RAUC streams.
+install() { # BUNDLE [url]
+  src=/run/ci-bundles/$1
+  [ "${2:-}" != url ] || src=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^pispeaker\.ci_url=//p' | tail -n1)/$1
+  out "installing from $src"
   t0=$(cut -d' ' -f1 /proc/uptime)
-  pispeaker update "/run/ci-bundles/$1" >/run/ci-update.log 2>&1 &
+  pispeaker update "$src" >/run/ci-update.log 2>&1 &
   pid=$!
   tail -n +1 -f /run/ci-update.log --pid=$pid 2>/dev/null | while IFS= read -r line; do out "update $line"; done
   wait $pid
@@ -95,12 +105,10 @@ case "$phase" in
     owner=$(stat -c %U:%G "$STATE/device_id")
     (umask 077 && printf 'ci-fake-jellyfin-token-%s\n' "$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$STATE/jellyfin_token.tmp")
     chown "$owner" "$STATE/jellyfin_token.tmp" && mv "$STATE/jellyfin_token.tmp" "$STATE/jellyfin_token"
-    control=$(journalctl -b -o cat --no-pager -u pispeaker.service | sed -n 's/.*picked "\([^"]*\)" index.*/\1/p' | head -n1)
-    before=$(cat "$STATE/volume" 2>/dev/null)
-    amixer -q -c 0 sset "$control" -- 37% >/dev/null 2>&1 || out "error: amixer could not set $control"
-    i=0
-    while [ $i -lt 60 ] && [ "$(cat "$STATE/volume" 2>/dev/null)" = "$before" ]; do sleep 1; i=$((i + 1)); done
-    out "volume_file=$(cat "$STATE/volume" 2>/dev/null) (was $before)"
+    # The last volume as the daemon keeps it once Spotify connected (src/audio/volume_memory.rs;
+    # there is no Spotify here): written as the daemon writes it, 0600, its owner.
+    (umask 077 && echo 24248 >"$STATE/volume.tmp")
+    chown "$owner" "$STATE/volume.tmp" && mv "$STATE/volume.tmp" "$STATE/volume"
     sync
     out "fingerprint=$(fingerprint)"
     status
@@ -136,7 +144,8 @@ case "$phase" in
     out "fingerprint=$(fingerprint)"
     status
     # The next bundle's speaker never becomes ready: after its tries the speaker comes back here.
-    install never-ready.raucb && { status; sync; systemctl reboot; }
+    # From a URL: RAUC streams it (no copy of the bundle on the speaker).
+    install never-ready.raucb url && { status; sync; systemctl reboot; }
     ;;
   rolled-back)
     out "fingerprint=$(fingerprint)"
