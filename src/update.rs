@@ -111,8 +111,11 @@ pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
 /// Whether this bundle may be installed here; the refusal says why and what to do.
 pub fn decide(bundle: &BundleInfo, compatible: &str, running: &str) -> Result<(), String> {
     if bundle.compatible != compatible {
+        // make-bundle.sh names a bundle after its compatible's architecture (pispeaker-arm64 ->
+        // pispeaker-<version>-arm64.raucb).
+        let arch = compatible.strip_prefix("pispeaker-").unwrap_or(compatible);
         return Err(format!(
-            "this bundle is for '{}', but this speaker is '{compatible}' (another device or architecture); download the pispeaker-<version>-armhf.raucb bundle",
+            "this bundle is for '{}', but this speaker is '{compatible}' (another device or architecture); download the pispeaker-<version>-{arch}.raucb bundle",
             bundle.compatible
         ));
     }
@@ -152,7 +155,7 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         // RAUC reports only its exit code, its message goes to the service's log.
         "the update's own install step (writing its boot files to the boot partition) failed, so nothing was switched. Its reason is in the RAUC service's log: 'journalctl -u rauc'"
     } else if has("Compatible mismatch") {
-        "the bundle is for another device or architecture; use the armhf bundle"
+        "the bundle is for another device or architecture; use the bundle of this speaker's image: pispeaker-<version>-armhf.raucb for the 32-bit image, pispeaker-<version>-arm64.raucb for the 64-bit one"
     } else if has("max-bundle-download-size") || has("Maximum file size exceeded") {
         "this rauc downloads a URL instead of streaming it, and the bundle is larger than it may download. Copy the bundle onto the speaker (or a USB stick) and run 'pispeaker update FILE'"
     } else if has("Failed to download") || has("Transfer failed") {
@@ -447,6 +450,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(arch.contains("another device or architecture"), "{arch}");
+        assert!(arch.contains("-armhf.raucb"), "{arch}");
+        // A 64-bit speaker is pointed at the arm64 bundle, not the armhf one.
+        let on_arm64 = decide(
+            &bundle("pispeaker-armhf", "9.0.0"),
+            "pispeaker-arm64",
+            "0.1.0",
+        )
+        .unwrap_err();
+        assert!(
+            on_arm64.contains("pispeaker-<version>-arm64.raucb"),
+            "{on_arm64}"
+        );
         let odd = decide(
             &bundle("pispeaker-armhf", "nightly"),
             "pispeaker-armhf",
