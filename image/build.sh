@@ -71,7 +71,7 @@ while [ $# -gt 0 ]; do
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
