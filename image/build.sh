@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Builds the flashable SD image for Raspberry Pi 2 / 3 / Zero 2 W (32-bit, armhf):
+# Builds the flashable SD image, one of two:
 #
 #   sudo bash image/build.sh            ->  image/out/pispeaker-<version>-armhf.img.xz (+ .sha256)
 #                                           and pispeaker-<version>-armhf.raucb (the update bundle)
+#     32-bit, for the Raspberry Pi 2 (also boots a Pi 3 / Zero 2 W): Debian bookworm armhf,
+#     the armmp kernel, our armv7 .deb (scripts/cross-armv7.sh)
+#   sudo bash image/build.sh --arch arm64   ->  pispeaker-<version>-arm64.img.xz / .raucb
+#     64-bit, for the Pi 3, Pi 4 and Zero 2 W: Debian trixie arm64, the arm64 kernel (the only
+#     one of Debian's with the Pi 4's PCIe and Ethernet), our aarch64 .deb (scripts/cross-aarch64.sh)
 #
-# Everything comes from Debian bookworm's armhf packages plus our armv7 .deb from the docker-free
-# build (scripts/cross-armv7.sh), our HAT overlays (board/overlays) and the HATs' codec modules,
-# built from Debian's own kernel source for the image kernel (image/codecs), and Debian's rauc
+# Plus our HAT overlays (board/overlays) and the HATs' codec modules the kernel lacks, built from
+# Debian's own kernel source for the image kernel (image/codecs), and, on armhf, Debian's rauc
 # rebuilt from its own source with HTTP streaming (image/rauc/build-rauc.sh). No loop devices, no
 # docker: mmdebstrap builds the root file system under qemu-user binfmt, genimage writes the
 # partitioned image with mke2fs -d and mtools.
 #
 # Options (flags or environment):
+#   --arch armhf|arm64 PISPEAKER_IMAGE_ARCH       which image (default armhf)
 #   --mirror URL       PISPEAKER_IMAGE_MIRROR     Debian mirror (default http://deb.debian.org/debian)
 #   --apt-line LINE    PISPEAKER_IMAGE_APT_LINES  full sources lines instead (repeatable; env: one per line)
 #   --out DIR          PISPEAKER_IMAGE_OUT        where the .img.xz goes (default image/out)
 #   --cache DIR        PISPEAKER_IMAGE_CACHE      where the package-only root file system is kept
 #                                                 between runs (default image/cache)
 #   --no-cache         PISPEAKER_IMAGE_NO_CACHE=1 always run mmdebstrap
-#   --deb FILE         PISPEAKER_IMAGE_DEB        use this armhf .deb instead of building one
-#                                                 (scripts/cross-armv7.sh deb makes it)
+#   --deb FILE         PISPEAKER_IMAGE_DEB        use this .deb (of the image's architecture) instead
+#                                                 of building one (scripts/cross-armv7.sh deb or
+#                                                 scripts/cross-aarch64.sh deb makes it)
 #   --sign-key FILE    PISPEAKER_IMAGE_SIGN_KEY   the update signing key (PEM) and its certificate:
 #   --sign-cert FILE   PISPEAKER_IMAGE_SIGN_CERT  the image trusts only this certificate, and the
 #                                                 update bundle beside the image is signed with the
@@ -31,13 +37,14 @@
 #                                                 and 3); scripts/test.sh runs this in the
 #                                                 background while the other checks run
 #
-# The apt lines name bookworm and bookworm-updates only: the bookworm-security armhf index has
-# failed mid-sync on build machines, and an image build must not depend on it. Add a security
-# line with --apt-line if your mirror carries it.
+# The apt lines name the suite and its -updates only (bookworm for armhf, trixie for arm64): the
+# bookworm-security armhf index has failed mid-sync on build machines, and an image build must not
+# depend on it. Add a security line with --apt-line if your mirror carries it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
+ARCH=${PISPEAKER_IMAGE_ARCH:-armhf}
 MIRROR=${PISPEAKER_IMAGE_MIRROR:-http://deb.debian.org/debian}
 OUT=${PISPEAKER_IMAGE_OUT:-$REPO/image/out}
 CACHE=${PISPEAKER_IMAGE_CACHE:-$REPO/image/cache}
@@ -53,6 +60,7 @@ if [ -n "${PISPEAKER_IMAGE_APT_LINES:-}" ]; then
 fi
 while [ $# -gt 0 ]; do
   case "$1" in
+    --arch) ARCH=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
     --apt-line) APT_LINES+=("$2"); shift 2 ;;
     --out) OUT=$2; shift 2 ;;
@@ -64,12 +72,28 @@ while [ $# -gt 0 ]; do
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# What differs between the two images. The armhf values are what they were before arm64
+# existed: its package list, and with it its cache key, stay the same.
+case "$ARCH" in
+  armhf)
+    SUITE=bookworm KERNEL_PKG=linux-image-armmp ALSA_LIB=libasound2 TRIPLET=arm-linux-gnueabihf
+    QEMU_BINFMT=qemu-arm CROSS_SCRIPT=scripts/cross-armv7.sh DEB_DIR=target/debian-armv7
+    CODEC_CC=gcc-12-arm-linux-gnueabihf ;;
+  arm64)
+    # trixie: its arm64 device trees carry __symbols__ (bookworm's do not, so no overlay could be
+    # applied to them), its 6.12 kernel has the PCM5102A and WM8804 codecs, and bookworm is in
+    # LTS. libasound2t64 is trixie's name for the ALSA library (the 64-bit time_t transition).
+    SUITE=trixie KERNEL_PKG=linux-image-arm64 ALSA_LIB=libasound2t64 TRIPLET=aarch64-linux-gnu
+    QEMU_BINFMT=qemu-aarch64 CROSS_SCRIPT=scripts/cross-aarch64.sh DEB_DIR=target/debian-aarch64
+    CODEC_CC=gcc-aarch64-linux-gnu ;;
+  *) echo "error: --arch $ARCH: armhf (Pi 2) or arm64 (Pi 3, Pi 4, Zero 2 W)" >&2; exit 2 ;;
+esac
 if [ ${#APT_LINES[@]} -eq 0 ]; then
-  APT_LINES=("deb $MIRROR bookworm main non-free-firmware" "deb $MIRROR bookworm-updates main non-free-firmware")
+  APT_LINES=("deb $MIRROR $SUITE main non-free-firmware" "deb $MIRROR $SUITE-updates main non-free-firmware")
 fi
 
 STEPS=10
@@ -88,8 +112,8 @@ command -v apt-get >/dev/null || die "this builder needs Debian bookworm (or new
 # RAUC with its D-Bus service for the A/B updates (image/rauc/).
 PACKAGES=(
   systemd systemd-sysv systemd-resolved systemd-timesyncd udev dbus kmod
-  linux-image-armmp raspi-firmware firmware-brcm80211 wireless-regdb wpasupplicant
-  iproute2 iptables ca-certificates alsa-utils libasound2 adduser openssh-server
+  "$KERNEL_PKG" raspi-firmware firmware-brcm80211 wireless-regdb wpasupplicant
+  iproute2 iptables ca-certificates alsa-utils "$ALSA_LIB" adduser openssh-server
   rauc rauc-service
 )
 # Documentation, manual pages and translations are not read on a speaker.
@@ -102,7 +126,7 @@ DPKG_OPTS=(
 step "host tools"
 need=()
 for p in mmdebstrap qemu-user-static binfmt-support genimage mtools dosfstools e2fsprogs xz-utils fdisk arch-test device-tree-compiler \
-         gcc-12-arm-linux-gnueabihf make rauc squashfs-tools openssl pkg-config python3 dpkg-dev; do
+         "$CODEC_CC" make rauc squashfs-tools openssl pkg-config python3 dpkg-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -111,12 +135,13 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
     || die "could not install ${need[*]}"
 fi
-# mmdebstrap runs armhf maintainer scripts through qemu-user: binfmt_misc must know ARM binaries.
+# mmdebstrap runs the image's maintainer scripts through qemu-user: binfmt_misc must know its binaries.
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
-  || die "cannot mount binfmt_misc (needed to run armhf programs under qemu-user)"
-[ -e /proc/sys/fs/binfmt_misc/qemu-arm ] || update-binfmts --enable qemu-arm >/dev/null 2>&1 || true
-[ -e /proc/sys/fs/binfmt_misc/qemu-arm ] || die "qemu-arm is not registered with binfmt_misc: install qemu-user-static and binfmt-support"
-arch-test armhf >/dev/null 2>&1 || die "this machine cannot run armhf programs (arch-test armhf failed): check qemu-user-static/binfmt"
+  || die "cannot mount binfmt_misc (needed to run $ARCH programs under qemu-user)"
+[ -e /proc/sys/fs/binfmt_misc/$QEMU_BINFMT ] || update-binfmts --enable "$QEMU_BINFMT" >/dev/null 2>&1 || true
+[ -e /proc/sys/fs/binfmt_misc/$QEMU_BINFMT ] || die "$QEMU_BINFMT is not registered with binfmt_misc: install qemu-user-static and binfmt-support"
+arch-test "$ARCH" >/dev/null 2>&1 || die "this machine cannot run $ARCH programs (arch-test $ARCH failed): check qemu-user-static/binfmt"
+echo "image: $ARCH, Debian $SUITE, $KERNEL_PKG"
 echo "mmdebstrap $(mmdebstrap --version | awk '{print $2}'), genimage $(dpkg-query -W -f='${Version}' genimage), apt sources:"
 printf '  %s\n' "${APT_LINES[@]}"
 [ "$ONLY" = host-tools ] && exit 0
@@ -150,17 +175,17 @@ if [ "$ONLY" != base ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "armv7 pispeaker .deb (docker-free build, scripts/cross-armv7.sh)"
+step "$ARCH pispeaker .deb (docker-free build, $CROSS_SCRIPT)"
 if [ "$ONLY" = base ]; then
   echo "skipped (--base-only)"
 elif [ -n "$DEB" ]; then
-  [ -s "$DEB" ] && [ "$(dpkg-deb -f "$DEB" Architecture 2>/dev/null)" = armhf ] || die "--deb $DEB is not an armhf .deb"
+  [ -s "$DEB" ] && [ "$(dpkg-deb -f "$DEB" Architecture 2>/dev/null)" = "$ARCH" ] || die "--deb $DEB is not an $ARCH .deb"
   VERSION=$(dpkg-deb -f "$DEB" Version)
   echo "$DEB (version $VERSION, given with --deb: not rebuilt)"
 else
-  bash scripts/cross-armv7.sh deb >/tmp/pispeaker-image-deb.log 2>&1 \
-    || { tail -n 40 /tmp/pispeaker-image-deb.log >&2; die "the armv7 build failed (full log: /tmp/pispeaker-image-deb.log)"; }
-  DEB=$(ls -t target/debian-armv7/pispeaker_*_armhf.deb | head -n1)
+  bash "$CROSS_SCRIPT" deb >/tmp/pispeaker-image-deb-$ARCH.log 2>&1 \
+    || { tail -n 40 /tmp/pispeaker-image-deb-$ARCH.log >&2; die "the $ARCH build failed (full log: /tmp/pispeaker-image-deb-$ARCH.log)"; }
+  DEB=$(ls -t "$DEB_DIR"/pispeaker_*_"$ARCH".deb | head -n1)
   VERSION=$(dpkg-deb -f "$DEB" Version)
   echo "$DEB (version $VERSION)"
 fi
@@ -169,10 +194,13 @@ fi
 # The package-only root file system is the slow part (maintainer scripts under emulation,
 # mkinitramfs most of all: ~12 min on 2 cores), so it is kept under a key of everything that
 # goes into it and reused while that stays the same.
-step "root file system from Debian bookworm armhf (mmdebstrap)"
+step "root file system from Debian $SUITE $ARCH (mmdebstrap)"
 mkdir -p "$CACHE" "$OUT"
-key=$( (printf '%s\n' "v3" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat; cat image/rauc/pispeaker-slot) | sha256sum | cut -c1-16)
-BASE="$CACHE/base-$key.tar"
+# armhf keeps its key and file name from before arm64 existed (a cached armhf base stays valid);
+# arm64 has its own key and its own file.
+case "$ARCH" in armhf) key_tag=v3 base_name=base ;; arm64) key_tag=arm64-v1 base_name=base-arm64 ;; esac
+key=$( (printf '%s\n' "$key_tag" "${PACKAGES[@]}" "${DPKG_OPTS[@]}" "${APT_LINES[@]}"; find image/initramfs -type f | sort | xargs cat; cat image/rauc/pispeaker-slot) | sha256sum | cut -c1-16)
+BASE="$CACHE/$base_name-$key.tar"
 if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
   echo "mmdebstrap: ${#PACKAGES[@]} packages and their dependencies (progress below; ~12 min under emulation)"
   # The kernel, the Wi-Fi firmware and udev each trigger mkinitramfs, which takes minutes under
@@ -180,7 +208,7 @@ if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
   # is made once at the end (raspi-firmware's hook then copies it to /boot/firmware), with
   # image/initramfs/ (the module classes a speaker boots from, not MODULES=most; the A/B boot
   # counter, which runs image/rauc/pispeaker-slot, installed here for it) in place.
-  mm_args=(--mode=root --architectures=armhf --variant=minbase --format=tar
+  mm_args=(--mode=root --architectures="$ARCH" --variant=minbase --format=tar
            --aptopt='Apt::Install-Recommends "false"'
            --include="$(IFS=,; echo "${PACKAGES[*]}")"
            --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs" && chmod 0755 "$1/usr/sbin/update-initramfs"'
@@ -189,7 +217,7 @@ if [ -n "$NO_CACHE" ] || [ ! -s "$BASE" ]; then
            --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && for k in "$1"/lib/modules/*; do chroot "$1" update-initramfs -c -k "${k##*/}"; done')
   for o in "${DPKG_OPTS[@]}"; do mm_args+=(--dpkgopt="$o"); done
   t=$SECONDS
-  mmdebstrap "${mm_args[@]}" bookworm "$BASE.partial" "${APT_LINES[@]}" \
+  mmdebstrap "${mm_args[@]}" "$SUITE" "$BASE.partial" "${APT_LINES[@]}" \
     || die "mmdebstrap failed: check the apt lines above (--mirror/--apt-line) and the network"
   mv "$BASE.partial" "$BASE"
   echo "root file system built in $((SECONDS - t)) s: $BASE ($(du -h "$BASE" | cut -f1))"
@@ -216,9 +244,19 @@ cp "$DEB" "$ROOT/tmp/pispeaker.deb"
 chroot "$ROOT" dpkg -i /tmp/pispeaker.deb >/dev/null
 rm -f "$ROOT/tmp/pispeaker.deb"
 cp -rT --no-preserve=ownership image/rootfs "$ROOT"
+if [ "$ARCH" = arm64 ]; then
+  # The 64-bit image runs on a Pi 3, 4 or Zero 2 W only, where the PL011 (ttyAMA0) is the
+  # Bluetooth chip's (the upstream trees give uart0 a Bluetooth child, which makes it a serdev,
+  # not a tty): the serial console is the mini UART, ttyS1 (serial0), and nothing else.
+  sed -i 's/^CONSOLES=.*/CONSOLES="tty0 ttyS1,115200"/' "$ROOT/etc/default/raspi-firmware"
+  grep -qx 'CONSOLES="tty0 ttyS1,115200"' "$ROOT/etc/default/raspi-firmware" || die "image/rootfs/etc/default/raspi-firmware has no CONSOLES= line"
+fi
 # RAUC (image/rauc/): its view of the slots, the Pi firmware backend, and the one certificate
 # it trusts.
-install -D -m 0644 image/rauc/system.conf "$ROOT/etc/rauc/system.conf"
+# Its compatible names the architecture: an armhf bundle never installs on the arm64 image.
+sed "s/^compatible=pispeaker-armhf\$/compatible=pispeaker-$ARCH/" image/rauc/system.conf > "$WORK/system.conf"
+grep -qx "compatible=pispeaker-$ARCH" "$WORK/system.conf" || die "image/rauc/system.conf has no compatible=pispeaker-armhf line to set"
+install -D -m 0644 "$WORK/system.conf" "$ROOT/etc/rauc/system.conf"
 install -D -m 0755 image/rauc/pispeaker-slot "$ROOT/usr/lib/pispeaker/pispeaker-slot"
 install -m 0644 "$SIGN_CERT" "$ROOT/etc/rauc/keyring.pem"
 install -m 0755 image/customize.sh "$ROOT/tmp/customize.sh"
@@ -230,25 +268,37 @@ rm -f "$ROOT/tmp/customize.sh"
 # Debian's own binary kept as /usr/bin/rauc.debian. Run here, under qemu, it must start (its
 # libraries are on the image) and treat a URL as a stream, not a download.
 rauc_src=$(chroot "$ROOT" dpkg-query -W -f='${source:Version}' rauc) || die "rauc is not installed in the root file system"
-bash image/rauc/build-rauc.sh armhf "$rauc_src" "$CACHE" "$WORK/rauc" "${APT_LINES[@]}" \
-  || die "could not build rauc $rauc_src with streaming (above)"
-chroot "$ROOT" dpkg-divert --quiet --local --rename --divert /usr/bin/rauc.debian --add /usr/bin/rauc
-install -m 0755 "$WORK/rauc" "$ROOT/usr/bin/rauc"
-chroot "$ROOT" rauc --version >/dev/null || die "the streaming rauc does not start on the image (a missing library?)"
+# The rebuild is made for bookworm's armhf rauc; the arm64 image (trixie) keeps Debian's rauc and
+# is checked the same way below, which tells whether that one streams.
+if [ "$ARCH" = armhf ]; then
+  bash image/rauc/build-rauc.sh armhf "$rauc_src" "$CACHE" "$WORK/rauc" "${APT_LINES[@]}" \
+    || die "could not build rauc $rauc_src with streaming (above)"
+  chroot "$ROOT" dpkg-divert --quiet --local --rename --divert /usr/bin/rauc.debian --add /usr/bin/rauc
+  install -m 0755 "$WORK/rauc" "$ROOT/usr/bin/rauc"
+  chroot "$ROOT" rauc --version >/dev/null || die "the streaming rauc does not start on the image (a missing library?)"
+fi
 # Nothing listens on port 9: only the first message matters ("streaming", where Debian's says
 # "downloading"); the helper's retries take ~5 s.
 chroot "$ROOT" rauc --conf=/etc/rauc/system.conf info http://127.0.0.1:9/check.raucb >"$WORK/rauc-stream.log" 2>&1 || true
-grep -q 'Remote URI detected, streaming bundle' "$WORK/rauc-stream.log" \
-  || { cat "$WORK/rauc-stream.log" >&2; die "the image's rauc does not stream a URL (log above)"; }
-find "$ROOT/usr/lib/modules" -name 'nbd.ko*' | grep -q . || die "the image kernel has no nbd module, which RAUC's streaming needs"
-echo "rauc: $(chroot "$ROOT" rauc --version) with HTTP streaming (Debian source $rauc_src, image/rauc/build-rauc.sh)"
+if grep -q 'Remote URI detected, streaming bundle' "$WORK/rauc-stream.log"; then
+  find "$ROOT/usr/lib/modules" -name 'nbd.ko*' | grep -q . || die "the image kernel has no nbd module, which RAUC's streaming needs"
+  echo "rauc: $(chroot "$ROOT" rauc --version) with HTTP streaming (Debian source $rauc_src)"
+elif [ "$ARCH" = armhf ]; then
+  cat "$WORK/rauc-stream.log" >&2; die "the image's rauc does not stream a URL (log above)"
+else
+  echo "warning: Debian $SUITE's rauc $rauc_src does not stream a URL: 'pispeaker update URL' downloads (8 MiB at most) on this image; copy bundles onto the speaker instead" >&2
+fi
 umount -l "$ROOT/dev" "$ROOT/proc"
 
 # ---------------------------------------------------------------------------------------------
 step "HAT codec modules for the image kernel (image/codecs/build.sh)"
-# Debian's kernel lacks the PCM512x / PCM5102A codecs: built out of tree from Debian's source of
-# the image kernel's exact version, checked against its vermagic and symbol CRCs.
-bash image/codecs/build.sh "$ROOT" "$CACHE" || die "the codec modules could not be built for the image kernel (above)"
+# Debian's kernel lacks the PCM512x codecs (bookworm's also PCM5102A): built out of tree from
+# Debian's source of the image kernel's exact version, checked against its vermagic and symbol
+# CRCs. The arm64 image's trixie packages come through the image's own apt lines.
+codec_apt=""
+[ "$ARCH" = armhf ] || codec_apt=$(printf '%s\n' "${APT_LINES[@]}")
+PISPEAKER_CODECS_APT_LINES=$codec_apt bash image/codecs/build.sh "$ROOT" "$CACHE" \
+  || die "the codec modules could not be built for the image kernel (above)"
 # The user-editable settings file on the FAT partition.
 install -m 0644 image/boot/pispeaker.toml "$ROOT/boot/firmware/pispeaker.toml"
 # What config.txt includes for the board's overlay (raspi-firmware-custom): as
@@ -263,7 +313,7 @@ for dts in board/overlays/*.dts; do
   dtc -q -@ -I dts -O dtb -i board/overlays -o "$ROOT/boot/firmware/overlays/$(basename "$dts" .dts).dtbo" "$dts" \
     || die "overlay $dts does not compile"
 done
-bash tests/overlays.sh "$ROOT/boot/firmware" >"$WORK/overlays.log" 2>&1 \
+bash tests/overlays.sh "$ROOT/boot/firmware" "$ARCH" >"$WORK/overlays.log" 2>&1 \
   || { cat "$WORK/overlays.log" >&2; die "the HAT overlays do not apply to this image's device trees (log above)"; }
 tail -n 1 "$WORK/overlays.log"
 # The writable data partition's starting content: the state directories and systemd's.
@@ -344,7 +394,7 @@ need_mb=$(( root_mb * 115 / 100 + 64 ))
 [ "$need_mb" -le "$ROOT_SLOT_MB" ] || die "the root file system (${root_mb} MB, ${need_mb} MB with ext4 metadata) no longer fits a ${ROOT_SLOT_MB} MB root slot: raising the slot size breaks updates of speakers flashed before"
 ROOT_SIZE=${ROOT_SLOT_MB}M
 sed "s/@ROOT_SIZE@/$ROOT_SIZE/g; s/@DISK_SIGNATURE@/$DISK_SIGNATURE/" image/genimage.cfg > "$WORK/genimage.cfg"
-NAME="pispeaker-$VERSION-armhf"
+NAME="pispeaker-$VERSION-$ARCH"
 mkdir -p "$WORK/out" "$WORK/in"
 genimage --config "$WORK/genimage.cfg" --rootpath "$ROOT" --tmppath "$WORK/gtmp" \
   --inputpath "$WORK/in" --outputpath "$WORK/out" >"$WORK/genimage.log" 2>&1 \
@@ -367,19 +417,19 @@ mv "$OUT/$NAME.img.xz.partial" "$OUT/$NAME.img.xz"
 # ---------------------------------------------------------------------------------------------
 step "update bundle (RAUC, verity): the same root file system, signed"
 t=$SECONDS
-sh image/rauc/make-bundle.sh "$WORK/out/root.ext4" "$VERSION" "$OUT" --key "$SIGN_KEY" --cert "$SIGN_CERT" \
+sh image/rauc/make-bundle.sh "$WORK/out/root.ext4" "$VERSION" "$OUT" --key "$SIGN_KEY" --cert "$SIGN_CERT" --arch "$ARCH" \
   || die "the update bundle could not be made (above)"
 BUNDLE=$OUT/$NAME.raucb
 [ -s "$BUNDLE" ] || die "make-bundle.sh did not write $BUNDLE"
 (cd "$OUT" && sha256sum "$NAME.raucb" > "$NAME.raucb.sha256")
-rauc info --keyring="$SIGN_CERT" --conf=image/rauc/system.conf "$BUNDLE" >/dev/null 2>"$WORK/rauc-info.log" \
+rauc info --keyring="$SIGN_CERT" --conf="$ROOT/etc/rauc/system.conf" "$BUNDLE" >/dev/null 2>"$WORK/rauc-info.log" \
   || { cat "$WORK/rauc-info.log" >&2; die "the bundle does not verify against the image's certificate"; }
 bundle_s=$((SECONDS - t))
 
 # ---------------------------------------------------------------------------------------------
 step "what takes the space"
 du -xsm "$ROOT"/usr/lib/modules "$ROOT"/usr/lib/firmware "$ROOT"/boot/firmware "$ROOT"/boot \
-  "$ROOT"/usr/lib/arm-linux-gnueabihf "$ROOT"/usr/share "$ROOT"/usr/bin "$ROOT"/usr/sbin "$ROOT"/var 2>/dev/null \
+  "$ROOT/usr/lib/$TRIPLET" "$ROOT"/usr/share "$ROOT"/usr/bin "$ROOT"/usr/sbin "$ROOT"/var 2>/dev/null \
   | sort -rn | sed "s|$ROOT||; s/^/  MB /"
 img_bytes=$(stat -c %s "$IMG")
 xz_bytes=$(stat -c %s "$OUT/$NAME.img.xz")

@@ -113,8 +113,11 @@ pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
 /// Whether this bundle may be installed here; the refusal says why and what to do.
 pub fn decide(bundle: &BundleInfo, compatible: &str, running: &str) -> Result<(), String> {
     if bundle.compatible != compatible {
+        // make-bundle.sh names a bundle after its compatible's architecture (pispeaker-arm64 ->
+        // pispeaker-<version>-arm64.raucb).
+        let arch = compatible.strip_prefix("pispeaker-").unwrap_or(compatible);
         return Err(format!(
-            "this bundle is for '{}', but this speaker is '{compatible}' (another device or architecture); download the pispeaker-<version>-armhf.raucb bundle",
+            "this bundle is for '{}', but this speaker is '{compatible}' (another device or architecture); download the pispeaker-<version>-{arch}.raucb bundle",
             bundle.compatible
         ));
     }
@@ -159,7 +162,7 @@ pub fn failure_hint(rauc_stderr: &str) -> &'static str {
         // RAUC reports only its exit code, its message goes to the service's log.
         "the update's own install step (writing its boot files to the boot partition) failed, so nothing was switched. Its reason is in the RAUC service's log: 'journalctl -u rauc'"
     } else if has("Compatible mismatch") {
-        "the bundle is for another device or architecture; use the armhf bundle"
+        "the bundle is for another device or architecture; use the bundle of this speaker's image: pispeaker-<version>-armhf.raucb for the 32-bit image, pispeaker-<version>-arm64.raucb for the 64-bit one"
     } else if has("range requests not supported") {
         // RAUC 1.8 src/nbd.c finish_configure: a 200 where a 206 answers its first range request.
         "the web server sends the whole file instead of answering HTTP range requests, which streaming the bundle needs. Serve it from a server that supports them (nginx, Apache, lighttpd and Caddy do for static files), or copy the bundle onto the speaker and run 'pispeaker update FILE'"
@@ -459,6 +462,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(arch.contains("another device or architecture"), "{arch}");
+        assert!(arch.contains("-armhf.raucb"), "{arch}");
+        // A 64-bit speaker is pointed at the arm64 bundle, not the armhf one.
+        let on_arm64 = decide(
+            &bundle("pispeaker-armhf", "9.0.0"),
+            "pispeaker-arm64",
+            "0.1.0",
+        )
+        .unwrap_err();
+        assert!(
+            on_arm64.contains("pispeaker-<version>-arm64.raucb"),
+            "{on_arm64}"
+        );
         let odd = decide(
             &bundle("pispeaker-armhf", "nightly"),
             "pispeaker-armhf",

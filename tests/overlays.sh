@@ -5,7 +5,11 @@
 # enabled on GPIO 18-21 and nothing else claims those pins, the simple-audio-card links the I2S
 # controller to the codec, and an I2C codec sits on i2c1 at its address.
 #
-#   bash tests/overlays.sh [DTB_DIR]
+#   bash tests/overlays.sh [DTB_DIR [ARCH]]
+#
+# ARCH is the image whose kernel the trees come from: armhf (default; the Pi 2's image: the Pi 4
+# boards are skipped, armmp has no PCIe/Ethernet for it) or arm64 (the Pi 3/4/Zero 2 W image: the
+# Pi 2 boards are skipped, the arm64 kernel has no BCM2836 trees and a Pi 2 cannot run it).
 #
 # DTB_DIR defaults to the device trees of Debian bookworm's linux-image-armmp (armhf), fetched
 # with apt-get download (needs `dpkg --add-architecture armhf`, which scripts/cross-armv7.sh
@@ -22,6 +26,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 dtb_dir=${1:-}
+arch=${2:-armhf}
+case "$arch" in
+  armhf) skip_boards=" bcm2711-rpi-4-b " ;;
+  arm64) skip_boards=" bcm2836-rpi-2-b " ;;
+  *) die "ARCH $arch: armhf or arm64" ;;
+esac
 if [ -z "$dtb_dir" ]; then
   dpkg --print-foreign-architectures | grep -qx armhf ||
     die "no armhf architecture for the kernel package: run scripts/cross-armv7.sh install, or give a DTB directory"
@@ -105,6 +115,7 @@ for preset in board/presets/*.toml; do
   dtbs=$(sed -n 's/^image-dtbs = \[\(.*\)\]/\1/p' "$preset" | tr -d '",')
   [ -n "$dtbs" ] || { fail "$(basename "$preset") lists no boards (image-dtbs)"; continue; }
   for board in $dtbs; do
+    [[ "$skip_boards" != *" $board "* ]] || continue
     base="$dtb_dir/$board.dtb"
     [ -f "$base" ] || { fail "$overlay: the kernel has no $board.dtb"; continue; }
     fdtget "$base" /__symbols__ i2s >/dev/null 2>&1 || { fail "$board.dtb has no __symbols__: overlays cannot apply"; continue; }
@@ -119,7 +130,9 @@ for preset in board/presets/*.toml; do
 done
 
 # The fix-up is needed: without it the Pi 2's tree keeps GPIO 18-21 hogged.
-if fdtoverlay -i "$dtb_dir/bcm2836-rpi-2-b.dtb" -o "$work/nofix.dtb" "$work/pispeaker-i2s-dac.dtbo" 2>/dev/null &&
+if [ "$arch" = arm64 ]; then
+  echo "(no Pi 2 tree in the arm64 kernel: the pispeaker-pi2-i2s check is the armhf image's)"
+elif fdtoverlay -i "$dtb_dir/bcm2836-rpi-2-b.dtb" -o "$work/nofix.dtb" "$work/pispeaker-i2s-dac.dtbo" 2>/dev/null &&
   check_merged "$work/nofix.dtb" pispeaker-i2s-dac "without the fix-up" 2>&1 | grep -q "also claimed by"; then
   ok "without pispeaker-pi2-i2s the Pi 2's GPIO controller keeps GPIO 18-21 (the fix-up is needed)"
 else

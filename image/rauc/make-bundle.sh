@@ -1,8 +1,12 @@
 #!/bin/sh
-# Builds the signed update bundle pispeaker-<VERSION>-armhf.raucb (RAUC verity format) from a
+# Builds the signed update bundle pispeaker-<VERSION>-<ARCH>.raucb (RAUC verity format) from a
 # root file system image.
 #
-#   sh image/rauc/make-bundle.sh ROOTFS_IMAGE VERSION OUT_DIR [--key KEY.pem --cert CERT.pem]
+#   sh image/rauc/make-bundle.sh ROOTFS_IMAGE VERSION OUT_DIR [--key KEY.pem --cert CERT.pem] [--arch armhf|arm64]
+#
+# The architecture (default armhf) is in the bundle's name and its compatible string,
+# pispeaker-<ARCH>, which the image's system.conf must carry: RAUC refuses an arm64 bundle on an
+# armhf speaker and the other way round.
 #
 # Without --key/--cert it signs with the development key pair in image/keys/ (made on first
 # use, git-ignored) and says so: a speaker flashed with an image trusting that certificate
@@ -16,20 +20,22 @@
 set -eu
 
 die() { echo "make-bundle: error: $*" >&2; exit 1; }
-usage="usage: make-bundle.sh ROOTFS_IMAGE VERSION OUT_DIR [--key KEY.pem --cert CERT.pem]"
+usage="usage: make-bundle.sh ROOTFS_IMAGE VERSION OUT_DIR [--key KEY.pem --cert CERT.pem] [--arch armhf|arm64]"
 
 [ $# -ge 3 ] || die "$usage"
 rootfs=$1 version=$2 out=$3
 shift 3
-key="" cert=""
+key="" cert="" arch=armhf
 while [ $# -gt 0 ]; do
   case "$1" in
     --key) [ $# -ge 2 ] || die "--key needs a file"; key=$2; shift 2 ;;
     --cert) [ $# -ge 2 ] || die "--cert needs a file"; cert=$2; shift 2 ;;
+    --arch) [ $# -ge 2 ] || die "--arch needs armhf or arm64"; arch=$2; shift 2 ;;
     *) die "unknown argument '$1'; $usage" ;;
   esac
 done
 
+case "$arch" in armhf | arm64) ;; *) die "--arch $arch: armhf or arm64" ;; esac
 [ -f "$rootfs" ] || die "no root file system image at '$rootfs'"
 # The version is compared by 'pispeaker update' (newer than the running one); keep it a
 # plain dotted version, as Cargo.toml's.
@@ -69,7 +75,7 @@ case "$format" in
 esac
 
 mkdir -p "$out"
-bundle="$out/pispeaker-$version-armhf.raucb"
+bundle="$out/pispeaker-$version-$arch.raucb"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
 mkdir "$work/content"
@@ -77,9 +83,9 @@ cp "$rootfs" "$work/content/rootfs.ext4"
 install -m 0755 "$(dirname "$0")/pispeaker-bundle-hook" "$work/content/hook"
 cat >"$work/content/manifest.raucm" <<MANIFEST
 [update]
-compatible=pispeaker-armhf
+compatible=pispeaker-$arch
 version=$version
-description=pispeaker $version for Raspberry Pi (armhf)
+description=pispeaker $version for Raspberry Pi ($arch)
 build=$(date -u +%Y%m%dT%H%M%SZ)
 
 [bundle]

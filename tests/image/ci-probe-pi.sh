@@ -1,9 +1,11 @@
 #!/bin/sh
-# Guest side of tests/image_boot_pi.sh (the boot on qemu's raspi2b, the Pi's own boot path). NOT
-# part of the image: the test copies it onto a throw-away copy's boot partition and runs it from
-# the kernel command line (systemd.run=), like tests/image/ci-probe.sh. It reports over the
-# serial console, one "PISPEAKER-CI: " line per fact, for the host to check.
-out() { echo "PISPEAKER-CI: $*" > /dev/ttyAMA0; }
+# Guest side of tests/image_boot_pi.sh (the boot on qemu's raspi2b or raspi3b, the Pi's own boot
+# path). NOT part of the image: the test copies it onto a throw-away copy's boot partition and
+# runs it from the kernel command line (systemd.run=), like tests/image/ci-probe.sh. It reports
+# over the serial console given as its argument (the Pi 2's ttyAMA0, the Pi 3's mini UART
+# ttyS1), one "PISPEAKER-CI: " line per fact, for the host to check.
+TTY=${1:-/dev/ttyAMA0}
+out() { echo "PISPEAKER-CI: $*" > "$TTY"; }
 
 # READY: pispeaker.service is Type=notify, so "active" means it sent READY=1. Generous: under
 # TCG on a loaded machine the Pi's boot takes minutes.
@@ -42,7 +44,10 @@ done
 out "dt_sound=$(tr -d '\0' < /proc/device-tree/pispeaker-sound/compatible 2>/dev/null)"
 while IFS= read -r line; do out "card $line"; done < /proc/asound/cards
 out "codecs=$(lsmod | awk '$1 ~ /^snd_soc_(pcm5102a|simple_card|bcm2835_i2s)$/ { print $1 }' | sort | tr '\n' ' ')"
-out "codec_paths=$(modinfo -n snd-soc-pcm5102a 2>/dev/null | sed 's|.*/updates/|updates/|')"
+out "codec_paths=$(modinfo -n snd-soc-pcm5102a 2>/dev/null | sed 's|.*/updates/|updates/|; s|.*/kernel/|kernel/|')"
+# The PCM512x driver (built out of tree for the image kernel) cannot probe without its I2C chip,
+# but the kernel must accept the module itself: vermagic, symbol CRCs, relocations.
+out "pcm512x_load=$(modprobe snd-soc-pcm512x-i2c 2>&1 | tr '\n' ' ')$(lsmod | awk '$1 == "snd_soc_pcm512x_i2c" { print "loaded" }') from $(modinfo -n snd-soc-pcm512x-i2c 2>/dev/null | sed 's|.*/updates/|updates/|')"
 dmesg | grep -iE 'asoc|simple-card|pcm5102|bcm2835-i2s|dwc2.*(error|fail)' | tail -n 20 | while IFS= read -r line; do out "dmesg $line"; done
 journal() { journalctl -b -o cat --no-pager -u pispeaker.service -u pispeaker-boot-config.service -u pispeaker-board-overlay.service; }
 out "overlay_log=$(journal | grep -m1 'board overlay:')"

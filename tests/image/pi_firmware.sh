@@ -9,7 +9,7 @@
 # MODEL is the board whose firmware is emulated: pi2, pi3, pi3+, pi3a+, pi02 (Zero 2 W), pi4.
 # OUTDIR receives `kernel`, `initramfs`, `cmdline.txt` and `board.dtb` (the base tree with the
 # overlays applied); stdout gets one `key=value` line per decision (kernel, initramfs, dtb,
-# overlay, cmdline, os_prefix), for a test to check and print.
+# overlay, cmdline, os_prefix, arm_64bit), for a test to check and print.
 #
 # The subset of config.txt a boot partition of ours uses, with the firmware's semantics
 # (https://www.raspberrypi.com/documentation/computers/config_txt.html):
@@ -20,6 +20,9 @@
 #   - `include FILE` (relative to the partition's root), inserted where it stands;
 #   - `os_prefix=` prepended to the kernel, the initramfs, the command-line file, the device trees
 #     and the overlay directory (`overlay_prefix=`, default `overlays/`): A/B slots use it;
+#   - `arm_64bit=1`: the ARMv8 models (Pi 3, Zero 2 W, Pi 4) start the kernel in 64-bit mode; its
+#     default kernel name is then kernel8.img instead of kernel7.img. The Pi 2 (BCM2836,
+#     Cortex-A7) has no 64-bit mode: arm_64bit=1 on it is an error here;
 #   - `kernel=`, `initramfs FILE [ADDRESS|followkernel]` (and `ramfsfile=`), `cmdline=`
 #     (default cmdline.txt), `device_tree=` (else the model's own tree: upstream names with
 #     `upstream_kernel=1`, as Debian's config.txt sets, the Raspberry Pi kernel's names otherwise);
@@ -72,7 +75,7 @@ fetch() { # FAT-path destination: a boot-partition file, or fail saying which
 
 model_ok=1 tryboot_ok=1 other_ok=1
 active() { [ "$model_ok" = 1 ] && [ "$tryboot_ok" = 1 ] && [ "$other_ok" = 1 ]; }
-os_prefix="" overlay_prefix="overlays/" kernel="" initramfs="" cmdline_file="cmdline.txt" device_tree="" upstream=0
+os_prefix="" overlay_prefix="overlays/" kernel="" initramfs="" cmdline_file="cmdline.txt" device_tree="" upstream=0 arm_64bit=0
 overlays=() dtparams=()
 depth=0
 parse() { # FAT-path of a config file
@@ -113,6 +116,7 @@ parse() { # FAT-path of a config file
           cmdline) cmdline_file=$value ;;
           device_tree) device_tree=$value ;;
           upstream_kernel) upstream=$value ;;
+          arm_64bit) arm_64bit=$value ;;
           dtoverlay) [ -z "$value" ] || overlays+=("$value") ;;
           dtparam) dtparams+=("$value") ;;
         esac ;;
@@ -123,7 +127,10 @@ parse() { # FAT-path of a config file
 }
 parse config.txt
 
-[ -n "$kernel" ] || die "config.txt names no kernel= (the firmware's default kernel7.img is not what this image boots)"
+[ "$arm_64bit" = 1 ] && [ "$MODEL" = pi2 ] && die "arm_64bit=1 is set for a Pi 2, whose Cortex-A7 has no 64-bit mode: flash the armhf image on a Pi 2"
+[ "$arm_64bit" = 1 ] && default_kernel=kernel8.img || default_kernel=kernel7.img
+[ -n "$kernel" ] || die "config.txt names no kernel= (the firmware's default $default_kernel is not what this image boots)"
+echo "arm_64bit=$arm_64bit"
 echo "os_prefix=$os_prefix"
 echo "kernel=$os_prefix$kernel"
 fetch "$os_prefix$kernel" "$OUT/kernel"

@@ -60,6 +60,7 @@ for slot in slot_a slot_b; do
   put "$slot/cmdline.txt" "root=LABEL=$slot ro"
   mcopy -i "$FAT" "$work/base.dtb" "::$slot/bcm2836-rpi-2-b.dtb"
   mcopy -i "$FAT" "$work/base.dtb" "::$slot/bcm2837-rpi-3-b.dtb"
+  mcopy -i "$FAT" "$work/base.dtb" "::$slot/bcm2837-rpi-zero-2-w.dtb"
   for o in pispeaker-pi2-i2s pispeaker-i2s-dac; do mcopy -i "$FAT" "$work/$o.dtbo" "::$slot/overlays/$o.dtbo"; done
 done
 put cmdline.txt "root=LABEL=unprefixed"
@@ -71,6 +72,7 @@ kernel=vmlinuz
 initramfs initrd.img followkernel
 [pi3]
 kernel=vmlinuz-pi3
+arm_64bit=1
 [all]
 os_prefix=slot_a/
 [tryboot]
@@ -106,6 +108,11 @@ run pi3 pi3
 check "[pi3] kernel on a Pi 3" "slot_a/vmlinuz-pi3" "$(val pi3 kernel)"
 check "Pi 3 tree" "slot_a/bcm2837-rpi-3-b.dtb" "$(val pi3 dtb)"
 check "no [pi2] fix-up on a Pi 3" "slot_a/overlays/pispeaker-i2s-dac.dtbo" "$(val pi3 overlay)"
+check "[pi3] arm_64bit=1: the Pi 3 starts a 64-bit kernel" 1 "$(val pi3 arm_64bit)"
+check "no arm_64bit on the Pi 2 ([pi3] section)" 0 "$(val pi2 arm_64bit)"
+run pi02 pi02
+check "Zero 2 W tree" "slot_a/bcm2837-rpi-zero-2-w.dtb" "$(val pi02 dtb)"
+check "no [pi3] section on a Zero 2 W: 32-bit" 0 "$(val pi02 arm_64bit)"
 
 run tryboot pi2 PI_FIRMWARE_TRYBOOT=1
 check "[tryboot] selects slot B" "slot_b/vmlinuz" "$(val tryboot kernel)"
@@ -115,6 +122,12 @@ check "slot B's cmdline" "root=LABEL=slot_b ro" "$(val tryboot cmdline)"
 put board.txt "dtoverlay=missing-overlay"
 if run missing pi2 2>"$work/err"; then check "a missing overlay fails" fail ok; else
   check "a missing overlay fails, naming it" 1 "$(grep -c 'slot_a/overlays/missing-overlay.dtbo' "$work/err")"
+fi
+
+# A 64-bit boot partition on a Pi 2: its Cortex-A7 cannot run it, the firmware would not boot.
+put board.txt "arm_64bit=1"
+if run pi2-64 pi2 2>"$work/err"; then check "arm_64bit=1 on a Pi 2 fails" fail ok; else
+  check "arm_64bit=1 on a Pi 2 fails, saying why" 1 "$(grep -c 'no 64-bit mode' "$work/err")"
 fi
 
 echo "pi_firmware checks: $passed passed, $failed failed"
