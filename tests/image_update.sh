@@ -305,6 +305,7 @@ expect_ready B
 [ "$(probe build=)" = "$NEXT" ] || die "slot B runs build $(probe build=), not $NEXT"
 grep -q 'spends a try' <<<"$(probe bootcount=)" || die "the initramfs did not spend a try of slot B: $(probe bootcount=)"
 expect_fingerprint
+wait_for 'PISPEAKER-CI: status-end' || die "boot $BOOT_NO ended before the speaker's status was reported"
 grep -qE "^running +$NEXT \\(slot B\\)" <<<"$(probe_all 'status ')" || { probe_all 'status '; die "the status does not show $NEXT running"; }
 pass "scenario 1: installed $NEXT from $VERSION (${install_line#*seconds=} s in the emulator), rebooted: slot B runs $NEXT, READY and marked good (B: $(probe slots_after_ready=)), device id, Jellyfin token and API token unchanged, volume file kept"
 probe_all 'status ' | sed 's/^/  /'
@@ -333,6 +334,7 @@ expect_ready B
 [ "$(probe build=)" = "$NEXT" ] || die "after the rollback slot B runs build $(probe build=), not $NEXT"
 grep -q 'A=bad' <<<"$(probe slots=)" || die "slot A is not marked bad after its tries: $(probe slots=)"
 expect_fingerprint
+wait_for 'PISPEAKER-CI: status-end' || die "boot $BOOT_NO ended before the speaker's status was reported"
 probe_all 'status ' | sed 's/^/  /'
 grep -q 'rolled back' <<<"$(probe_all 'status ')" || die "the status does not show the failed update as rolled back"
 wait_for 'PISPEAKER-CI: done' || true

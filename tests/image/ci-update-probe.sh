@@ -57,7 +57,7 @@ fingerprint() {
 }
 
 # The speaker's own view of the update (what the status page shows).
-status() { pispeaker status 2>&1 | while IFS= read -r line; do out "status $line"; done; }
+status() { pispeaker status 2>&1 | while IFS= read -r line; do out "status $line"; done; out "status-end"; }
 
 mkdir -p /run/ci-bundles
 mount -o ro LABEL=CIBUNDLES /run/ci-bundles 2>/dev/null || mount -o ro /dev/vdb /run/ci-bundles || out "error: no bundle disk"
