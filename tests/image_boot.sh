@@ -165,6 +165,10 @@ until grep -q 'PISPEAKER-CI: done' "$CONSOLE"; do
   [ -e "$WORK/play-now" ] || ! grep -q 'PISPEAKER-CI: cast-ready' "$CONSOLE" || touch "$WORK/play-now"
 
   kill -0 "$QEMU_PID" 2>/dev/null || { tail -n 60 "$CONSOLE"; die "qemu exited before the probe finished"; }
+  # A guest kernel oops or panic does not heal: say so now, not at the deadline.
+  if grep -qE 'Internal error: Oops|Kernel panic' "$CONSOLE"; then
+    sleep 5; tail -n 80 "$CONSOLE"; die "the guest kernel oopsed or panicked (above)"
+  fi
   [ "$(date +%s)" -lt "$deadline" ] || { tail -n 80 "$CONSOLE"; die "the probe did not finish within ${BOOT_TIMEOUT:-900} s"; }
   sleep 2
 done

@@ -19,9 +19,10 @@
 #      tree and cmdline.txt with the
 #      image as its SD card (a power-of-two sized copy: qemu refuses others), a USB audio device
 #      and a USB Ethernet device on the Pi's dwc2 USB controller, the network through qemu's
-#      user-mode stack with port forwards. Emulation-only additions to the command line:
-#      `modprobe.blacklist=vchiq,snd_bcm2835` (the VideoCore mailbox oopses under emulation) and
-#      the probe (tests/image/ci-probe-pi.sh, run with systemd.run= beside multi-user.target).
+#      user-mode stack with port forwards. Emulation-only: the SD host runs without DMA (see step
+#      2), and the command line adds `modprobe.blacklist=vchiq,snd_bcm2835` (the VideoCore
+#      mailbox oopses under emulation) and the probe (tests/image/ci-probe-pi.sh, run with
+#      systemd.run= beside multi-user.target). A guest kernel oops fails the test at once.
 #
 # Checked: READY (Type=notify) and the time to it (a FIGURE line); zeroconf getInfo and the status
 # page from the host through usb-net; the usb-net interface configured by the image's networkd;
@@ -120,6 +121,22 @@ fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
 [ -s "$WORK/fw/initramfs" ] || die "config.txt names no initramfs"
 pass "firmware's view: $(fw kernel), $(fw initramfs), $(fw dtb) + $(fw overlay | tr '\n' ' ')applied with fdtoverlay"
 
+# Emulation only: the SD host (sdhost, drivers/mmc/host/bcm2835.c) runs without DMA here. Under
+# load an emulated transfer can outlast the driver's software timeout; the 6.1 driver then
+# finishes the request in bcm2835_timeout, and when the late DMA completion arrives
+# bcm2835_dma_complete_work calls bcm2835_finish_data with host->data already NULL: a kernel
+# oops that leaves the SD card dead (seen in CI: "timeout waiting for hardware interrupt", then
+# "PC is at bcm2835_finish_data"). Without `dmas` in its node the driver takes its PIO path
+# (dma_request_chan fails, "Ignore errors to fall back to PIO mode"), whose interrupt handlers
+# check host->data, so a slow transfer is retried instead. The card's own tree is not changed.
+sdhost=""
+for node in $(fdtget -l "$WORK/fw/board.dtb" /soc); do
+  [ "$(fdtget -t s "$WORK/fw/board.dtb" "/soc/$node" compatible 2>/dev/null)" = brcm,bcm2835-sdhost ] && sdhost=/soc/$node
+done
+[ -n "$sdhost" ] || die "the $MODEL's tree has no brcm,bcm2835-sdhost node (the SD card's controller)"
+fdtput -d "$WORK/fw/board.dtb" "$sdhost" dmas && fdtput -d "$WORK/fw/board.dtb" "$sdhost" dma-names \
+  || die "could not take the DMA channel off $sdhost in the emulator's copy of the tree"
+
 # 3. Boot. dwc2 is the Pi's only USB controller: the USB DAC and the network both hang off it.
 free_port() {
   local port
@@ -147,6 +164,10 @@ echo "booting $(basename "$XZ") on qemu $MACHINE (deadline ${TIMEOUT} s)"
 deadline=$((started + TIMEOUT))
 until grep -q 'PISPEAKER-CI: done' "$CONSOLE"; do
   kill -0 "$QEMU_PID" 2>/dev/null || { tail -n 60 "$CONSOLE"; die "qemu exited before the probe finished"; }
+  # A guest kernel oops or panic does not heal: say so now, not at the deadline.
+  if grep -qE 'Internal error: Oops|Kernel panic' "$CONSOLE"; then
+    sleep 5; tail -n 80 "$CONSOLE"; die "the guest kernel oopsed or panicked (above)"
+  fi
   [ "$(date +%s)" -lt "$deadline" ] || { tail -n 80 "$CONSOLE"; die "the probe did not finish within ${TIMEOUT} s"; }
   sleep 2
 done
