@@ -343,7 +343,11 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
                     for fsck in [false, true] {
                         let what = format!(
                             "{from}->{to} {file}:{step}{}",
-                            if fsck { ", the copy written last emptied" } else { "" }
+                            if fsck {
+                                ", the copy written last emptied"
+                            } else {
+                                ""
+                            }
                         );
                         restore(boot, &state);
                         if fsck && fsck_empties_newest(boot).is_none() {
@@ -663,7 +667,11 @@ fn boot_count_survives_a_power_cut_at_every_step() {
                 for fsck in [false, true] {
                     let what = format!(
                         "try:{tries} {file}:{step}{}",
-                        if fsck { ", the copy written last emptied" } else { "" }
+                        if fsck {
+                            ", the copy written last emptied"
+                        } else {
+                            ""
+                        }
                     );
                     restore(boot, &state);
                     if fsck {
@@ -1004,4 +1012,216 @@ fn trial_watch_on_the_last_try_reboots_only_when_there_is_a_slot_to_return_to() 
     let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
     assert!(!w.rebooted, "{}", w.text);
     assert!(w.text.contains("slotA has no device tree"), "{}", w.text);
+}
+
+/// The state files a command changed (by comparing the card before and after).
+fn state_files_changed(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    COPIES
+        .iter()
+        .filter(|c| before.get(**c) != after.get(**c))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+fn generation(text: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("generation="))
+        .unwrap_or_else(|| panic!("no generation= in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The finding in the emulator: after a reset in the slot switch, fsck.vfat left the state file
+/// written by set-primary empty. The copy that write went to is damaged three ways (emptied,
+/// cut in the middle of a line, its `end` line lost); each time the state before the write
+/// counts, slot B bad (RAUC marks it so before writing it), so a boot of B, which config.txt
+/// names, goes straight back to A: the update is lost, never a way back.
+#[test]
+fn a_lost_copy_after_set_primary_leaves_the_new_slot_bad_and_the_counter_goes_back() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    type Damage = fn(&[u8]) -> Vec<u8>;
+    let damages: [(&str, Damage); 3] = [
+        ("emptied", |_| Vec::new()),
+        ("cut mid-line", |d| {
+            let text = String::from_utf8_lossy(d);
+            let at = text.find("B=try:3").expect("B armed") + 3;
+            d[..at].to_vec()
+        }),
+        ("end line lost", |d| {
+            String::from_utf8_lossy(d).replace("end\n", "").into_bytes()
+        }),
+    ];
+    for (how, damage) in damages {
+        fs::write(boot.join("config.txt"), CONFIG).unwrap();
+        remove_state(boot);
+        fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+        ok(boot, &["set-state", "B", "bad"]);
+        let before = snapshot(boot);
+        ok(boot, &["set-primary", "B"]);
+        let after = snapshot(boot);
+        let written = state_files_changed(&before, &after);
+        assert_eq!(written.len(), 1, "{how}: {written:?}");
+        let damaged = damage(&after[&written[0]]);
+        fs::write(boot.join(&written[0]), &damaged).unwrap();
+        assert_eq!(firmware_boots(boot), "B", "{how}");
+        assert_eq!(ok(boot, &["get-state", "B"]), "bad", "{how}");
+        assert_eq!(ok(boot, &["get-state", "A"]), "good", "{how}");
+        let (code, text) = boot_count(boot, "B", None);
+        assert_eq!(code, 10, "{how}: {text}");
+        assert!(
+            text.contains("config.txt boots slot A again"),
+            "{how}: {text}"
+        );
+        assert_eq!(firmware_boots(boot), "A", "{how}");
+        let (code, text) = boot_count(boot, "A", None);
+        assert_eq!((code, text.trim()), (0, "slot A is good"), "{how}");
+    }
+}
+
+/// Every write goes into the copy that does not hold the state in force, with the next
+/// generation, and leaves the other copy (the state before) as it was: the two copies take
+/// turns and the newest state and the one before are never in the same file.
+#[test]
+fn writes_take_turns_between_the_two_copies_with_rising_generations() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+    let mut expect_copy = 1;
+    let mut last_generation = 1;
+    let steps: [&dyn Fn(); 6] = [
+        &|| drop(ok(boot, &["set-state", "B", "bad"])),
+        &|| drop(ok(boot, &["set-primary", "B"])),
+        &|| assert_eq!(boot_count(boot, "B", None).0, 0),
+        &|| assert_eq!(boot_count(boot, "B", None).0, 0),
+        &|| drop(ok(boot, &["set-state", "B", "good"])),
+        &|| drop(ok(boot, &["set-primary", "A"])),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let before = snapshot(boot);
+        step();
+        let after = snapshot(boot);
+        let written = state_files_changed(&before, &after);
+        assert_eq!(written, [COPIES[expect_copy]], "write {i}");
+        let text = String::from_utf8_lossy(&after[COPIES[expect_copy]]).into_owned();
+        assert_eq!(generation(&text), last_generation + 1, "write {i}: {text}");
+        assert!(text.ends_with("\nend\n"), "write {i}: {text}");
+        // The other copy still holds the state before, whole.
+        let other = String::from_utf8_lossy(&after[COPIES[1 - expect_copy]]).into_owned();
+        assert_eq!(generation(&other), last_generation, "write {i}: {other}");
+        assert_eq!(show_field(boot, "copy"), COPIES[expect_copy], "write {i}");
+        assert_eq!(
+            show_field(boot, "other"),
+            format!("{}:{last_generation}", COPIES[1 - expect_copy]),
+            "write {i}"
+        );
+        last_generation += 1;
+        expect_copy = 1 - expect_copy;
+    }
+    assert_eq!(
+        ok(boot, &["show"]).split(' ').take(3).collect::<Vec<_>>(),
+        ["A=try:3", "B=good", "generation=7"]
+    );
+}
+
+/// The single file earlier images and versions of the script wrote (comments, A= and B=, no
+/// generation= or end) is read as generation 0: an update from a speaker flashed before the
+/// two copies starts from its state, and the first write goes to the other copy.
+#[test]
+fn reads_the_single_file_of_earlier_images_as_generation_0() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    // What image/build.sh wrote before.
+    let legacy = "# A/B boot state for image/rauc/pispeaker-slot and the initramfs: good, bad or try:N\n# (N boots left for a new slot to reach READY). Do not edit by hand.\nA=good\nB=bad\n";
+    fs::write(boot.join(COPIES[0]), legacy).unwrap();
+    assert_eq!(ok(boot, &["get-state", "A"]), "good");
+    assert_eq!(ok(boot, &["get-state", "B"]), "bad");
+    assert_eq!(
+        ok(boot, &["show"]),
+        "A=good B=bad generation=0 copy=pispeaker-slots.txt other=pispeaker-slots.alt.txt:missing"
+    );
+    ok(boot, &["set-primary", "B"]);
+    assert_eq!(fs::read_to_string(boot.join(COPIES[0])).unwrap(), legacy);
+    assert_eq!(
+        ok(boot, &["show"]),
+        "A=good B=try:3 generation=1 copy=pispeaker-slots.alt.txt other=pispeaker-slots.txt:0"
+    );
+
+    // An earlier version's set-primary left B on trial in the single file (the update that
+    // brings this version): the new slot's counter goes on from there.
+    remove_state(boot);
+    fs::write(boot.join(COPIES[0]), "# comment\nA=good\nB=try:3\n").unwrap();
+    let (code, text) = boot_count(boot, "B", None);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("2 left after it"), "{text}");
+    assert!(ok(boot, &["show"])
+        .starts_with("A=good B=try:2 generation=1 copy=pispeaker-slots.alt.txt "));
+
+    // Not whole, so not read: half of a file, a second A= line, an unknown word, a line after
+    // `end`, a new-format copy without its end.
+    for (bad, why) in [
+        ("A=good\n", "no B= line"),
+        ("A=good\nA=bad\nB=bad\n", "two A= lines"),
+        ("A=fine\nB=bad\n", "an unknown state"),
+        (
+            "generation=4\nA=good\nB=bad\nend\nB=try:3\n",
+            "a line after end",
+        ),
+        ("generation=4\nA=good\nB=bad\n", "no end"),
+        ("A=good\nB=bad\nend\n", "an end without a generation"),
+    ] {
+        remove_state(boot);
+        fs::write(
+            boot.join(COPIES[1]),
+            IMAGE_STATE
+                .replace("generation=1", "generation=2")
+                .replace("B=bad", "B=try:1"),
+        )
+        .unwrap();
+        fs::write(boot.join(COPIES[0]), bad).unwrap();
+        assert_eq!(
+            show_field(boot, "copy"),
+            COPIES[1],
+            "{why}: the damaged copy was read"
+        );
+        assert_eq!(
+            show_field(boot, "other"),
+            format!("{}:damaged", COPIES[0]),
+            "{why}"
+        );
+    }
+}
+
+/// No whole copy at all (both emptied): the counter does not take the booted slot as good, it
+/// puts it on trial with all its tries and takes the other as good, so a new slot that never
+/// becomes ready still goes back. (Other commands, on a running system, take both as good.)
+/// Both are said on stderr.
+#[test]
+fn with_no_whole_copy_the_counter_puts_the_booted_slot_on_trial() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    for copy in COPIES {
+        fs::write(boot.join(copy), b"").unwrap();
+    }
+    let out = run(boot, &["get-state", "B"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "good");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds a whole slot state"),
+        "{out:?}"
+    );
+    let (code, text) = boot_count(boot, "B", None);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("taking slot B, the one booted, as on trial (3 tries) and the other as good"),
+        "{text}"
+    );
+    assert!(text.contains("2 left after it"), "{text}");
+    assert!(ok(boot, &["show"]).starts_with("A=good B=try:2 generation=1 "));
+    let (slot, boots) = settle(boot, "B", "no whole copy");
+    assert_eq!(slot, "A", "after {boots} boots");
+    assert_eq!(ok(boot, &["get-state", "B"]), "bad");
 }
