@@ -1091,7 +1091,6 @@ fn writes_take_turns_between_the_two_copies_with_rising_generations() {
     let boot = boot.path();
     fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
     let mut expect_copy = 1;
-    let mut last_generation = 1;
     let steps: [&dyn Fn(); 6] = [
         &|| drop(ok(boot, &["set-state", "B", "bad"])),
         &|| drop(ok(boot, &["set-primary", "B"])),
@@ -1101,6 +1100,8 @@ fn writes_take_turns_between_the_two_copies_with_rising_generations() {
         &|| drop(ok(boot, &["set-primary", "A"])),
     ];
     for (i, step) in steps.iter().enumerate() {
+        // The image's copy is generation 1; write i makes generation i + 2.
+        let last_generation = i as u32 + 1;
         let before = snapshot(boot);
         step();
         let after = snapshot(boot);
@@ -1118,7 +1119,6 @@ fn writes_take_turns_between_the_two_copies_with_rising_generations() {
             format!("{}:{last_generation}", COPIES[1 - expect_copy]),
             "write {i}"
         );
-        last_generation += 1;
         expect_copy = 1 - expect_copy;
     }
     assert_eq!(
