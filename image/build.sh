@@ -377,8 +377,16 @@ printf '%s\n' "" "# A/B root slots (image/rauc/): the kernel, initramfs, device 
   "# cmdline.txt come from this directory. RAUC's pispeaker-slot switches it; do not edit." \
   "[all]" "os_prefix=slotA/" >> "$FW/config.txt"
 # The slots' boot state (pispeaker-slot): A is the one this image boots, B holds nothing yet.
+# Generation 1 of the state's two copies (image/rauc/pispeaker-slot: the first write goes to
+# pispeaker-slots.alt.txt); the script must read it back as written.
 printf '%s\n' "# A/B boot state for image/rauc/pispeaker-slot and the initramfs: good, bad or try:N" \
-  "# (N boots left for a new slot to reach READY). Do not edit by hand." "A=good" "B=bad" > "$FW/pispeaker-slots.txt"
+  "# (N boots left for a new slot to reach READY). Two copies, pispeaker-slots.txt and" \
+  "# pispeaker-slots.alt.txt, written in turn: the whole one with the highest generation" \
+  "# counts. Do not edit by hand (pispeaker-slot show prints it)." \
+  "generation=1" "A=good" "B=bad" "end" > "$FW/pispeaker-slots.txt"
+slots=$(PISPEAKER_BOOT_DIR=$FW sh image/rauc/pispeaker-slot show)
+[ "$slots" = "A=good B=bad generation=1 copy=pispeaker-slots.txt other=pispeaker-slots.alt.txt:missing" ] \
+  || die "pispeaker-slot does not read the image's slot state back: $slots"
 # What RAUC's backend will accept as a complete slot is what the firmware will boot.
 PISPEAKER_BOOT_DIR=$FW sh image/rauc/pispeaker-slot get-primary | grep -qx A || die "pispeaker-slot does not read slot A from config.txt"
 echo "boot partition: $(ls "$FW" | wc -l) entries, slotA/: $(ls "$FW/slotA" | wc -l); slotA/cmdline.txt: $(cat "$FW/slotA/cmdline.txt")"

@@ -74,11 +74,21 @@ fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
 [ "$(fw os_prefix)" = slotA/ ] || die "config.txt boots os_prefix=$(fw os_prefix), not slot A's slotA/"
 KERNEL=$(fw kernel) INITRD=$(fw initramfs)
 [ "$KERNEL" = slotA/vmlinuz ] && [ "$INITRD" = slotA/initrd.img ] || die "the firmware would boot $KERNEL with $INITRD, not slot A's kernel and initrd"
-mcopy -i "$FAT" ::config.txt ::pispeaker.toml ::pispeaker-slots.txt "$WORK/"
+mcopy -i "$FAT" ::config.txt ::pispeaker.toml "$WORK/"
+# The card's slot state as pispeaker-slot reads it from its two copies (show, on a copy of them).
+card_slots() {
+  rm -rf "$WORK/card-boot" && mkdir -p "$WORK/card-boot"
+  local f
+  for f in pispeaker-slots.txt pispeaker-slots.alt.txt; do
+    mcopy -o -i "$FAT" "::$f" "$WORK/card-boot/$f" 2>/dev/null || true
+  done
+  PISPEAKER_BOOT_DIR=$WORK/card-boot sh image/rauc/pispeaker-slot show 2>&1 | tr '\n' ' '
+}
 grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
 grep -qx 'include pispeaker-board.txt' "$WORK/config.txt" || die "config.txt does not include pispeaker-board.txt (the board's overlay)"
-grep -qx 'A=good' "$WORK/pispeaker-slots.txt" || die "pispeaker-slots.txt does not say slot A is good: $(cat "$WORK/pispeaker-slots.txt")"
-pass "boot partition: config.txt boots slot A (os_prefix=slotA/): $KERNEL, $INITRD, slotA/cmdline.txt, Pi 2/3/Zero 2 W device trees and overlays under slotA/; pispeaker-slots.txt A=good; pispeaker.toml"
+slots=$(card_slots)
+[[ "$slots" == "A=good B=bad generation=1 copy=pispeaker-slots.txt "* ]] || die "the card's slot state is not slot A good, B bad (generation 1 in pispeaker-slots.txt): $slots"
+pass "boot partition: config.txt boots slot A (os_prefix=slotA/): $KERNEL, $INITRD, slotA/cmdline.txt, Pi 2/3/Zero 2 W device trees and overlays under slotA/; slot state $slots; pispeaker.toml"
 
 # The Pi's command line, with the serial console of qemu's virt machine instead of the Pi's.
 cmdline=$(sed -E 's/console=[^ ]+//g' "$WORK/fw/cmdline.txt")
@@ -120,8 +130,12 @@ TOML
 mcopy -o -i "$FAT" "$WORK/pispeaker.toml" ::pispeaker.toml
 mcopy -o -i "$FAT" tests/image/ci-probe.sh ::ci-probe.sh
 # Slot A on trial, as after an update: the boot must mark it good once the speaker is READY.
-sed 's/^A=good$/A=try:3/' "$WORK/pispeaker-slots.txt" > "$WORK/slots-trial.txt"
-mcopy -o -i "$FAT" "$WORK/slots-trial.txt" ::pispeaker-slots.txt
+# A whole copy of the state with the next generation, in the copy the next write goes to (as
+# pispeaker-slot writes it; image/rauc/pispeaker-slot describes the format).
+printf '%s\n' "# slot A put on trial by tests/image_boot.sh" "generation=2" "A=try:3" "B=bad" "end" > "$WORK/slots-trial.txt"
+mcopy -o -i "$FAT" "$WORK/slots-trial.txt" ::pispeaker-slots.alt.txt
+slots=$(card_slots)
+[[ "$slots" == "A=try:3 B=bad generation=2 copy=pispeaker-slots.alt.txt "* ]] || die "slot A was not put on trial on the card: $slots"
 
 # admin-password on the FAT before the first boot (pispeaker-adopt-password.service): gone after
 # the boot, and the web app takes it. Notepad's line ending on purpose.
@@ -189,7 +203,7 @@ probe_all "rauc " | sed 's/^/  rauc status: /'
 [ "$(probe markgood_after_ready=)" = yes ] || die "pispeaker-mark-good.service ran before the speaker was READY: $(probe markgood_order=)"
 grep -q 'slot A is on trial: this boot spends a try, 2 left' <<<"$(probe bootcount=)" \
   || die "the initramfs's boot counter did not spend one of slot A's 3 tries: $(probe bootcount=)"
-[ "$(probe slot_A=)" = good ] || die "slot A is $(probe slot_A=) in pispeaker-slots.txt after mark-good (it was try:3)"
+[ "$(probe slot_A=)" = good ] || die "slot A is $(probe slot_A=) after mark-good (it was try:3): $(probe slots=)"
 pass "RAUC: slot A booted ($(probe rauc_compatible=)); pispeaker-mark-good.service ran after READY ($(probe markgood_order=)) and slot A went from try:3 (the initramfs's counter: $(probe bootcount=)) to good ($(probe markgood_log=))"
 
 # From the host, through the port forward: what the Spotify app asks first.
@@ -274,9 +288,9 @@ wait "$QEMU_PID" 2>/dev/null || true
 QEMU_PID=""
 [ -s "$WORK/out.wav" ] || die "qemu recorded no WAV from the emulated USB DAC"
 # The mark-good write reached the card itself (fsync, rename, fsync of the directory).
-mcopy -o -i "$FAT" ::pispeaker-slots.txt "$WORK/slots-after.txt"
-grep -qx 'A=good' "$WORK/slots-after.txt" || die "pispeaker-slots.txt on the card after the boot: $(tr '\n' ' ' < "$WORK/slots-after.txt")"
-pass "the card's pispeaker-slots.txt says A=good after the boot (it was A=try:3)"
+slots=$(card_slots)
+[[ "$slots" == "A=good "* ]] || die "the card's slot state after the boot: $slots"
+pass "the card's slot state says A=good after the boot (it was A=try:3): $slots"
 # Both as mono 8 kHz: the sweeps stay below 3 kHz, and the comparison is 36x cheaper.
 sox "$WORK/track.flac" -r 8000 -c 1 -e signed -b 16 "$WORK/source.raw"
 sox "$WORK/out.wav" -r 8000 -c 1 -e signed -b 16 "$WORK/captured.raw" 2>/dev/null \

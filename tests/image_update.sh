@@ -172,7 +172,15 @@ firmware() {
   bash tests/image/pi_firmware.sh "$IMG" pi2 "$WORK/fw" > "$WORK/firmware.txt" || die "the firmware's view of the boot partition failed (above)"
   sed -n 's/^os_prefix=//p' "$WORK/firmware.txt"
 }
-card_file() { mcopy -o -i "$FAT" "::$1" "$WORK/card-$1" 2>/dev/null && grep -v '^#' "$WORK/card-$1" | tr '\n' ' '; }
+# The card's slot state as pispeaker-slot reads it from its two copies (show, on a copy of them).
+card_slots() {
+  rm -rf "$WORK/card-boot" && mkdir -p "$WORK/card-boot"
+  local f
+  for f in pispeaker-slots.txt pispeaker-slots.alt.txt; do
+    mcopy -o -i "$FAT" "::$f" "$WORK/card-boot/$f" 2>/dev/null || true
+  done
+  PISPEAKER_BOOT_DIR=$WORK/card-boot sh image/rauc/pispeaker-slot show 2>&1 | tr '\n' ' '
+}
 
 BOOT_NO=0
 CONSOLE=""
@@ -193,7 +201,7 @@ boot() {
     -device qemu-xhci -device usb-audio,audiodev=a -audiodev none,id=a \
     -nographic -no-reboot </dev/null >"$CONSOLE" 2>&1 &
   QEMU_PID=$!
-  echo "boot $BOOT_NO ($1): $(sed -n 's/^os_prefix=//p' "$WORK/firmware.txt") on the card's config.txt; slots: $(card_file pispeaker-slots.txt) (console: $CONSOLE)"
+  echo "boot $BOOT_NO ($1): $(sed -n 's/^os_prefix=//p' "$WORK/firmware.txt") on the card's config.txt; slots: $(card_slots) (console: $CONSOLE)"
 }
 probe() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r' | head -n1; }
 probe_all() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r'; }
@@ -262,7 +270,7 @@ copy_done=$(grep -c 'Copying image to rootfs.* done' "$CONSOLE" || true)
 power_cut
 [ "$copy_done" = 0 ] || die "the image copy finished before the power cut (the copy was faster than 3 s?)"
 [ "$(firmware)" = slotA/ ] || die "after a power cut during the copy the firmware would boot $(sed -n 's/^os_prefix=//p' "$WORK/firmware.txt")"
-pass "scenario 4: power cut while RAUC copied the image into slot B: config.txt still boots slot A ($(card_file pispeaker-slots.txt))"
+pass "scenario 4: power cut while RAUC copied the image into slot B: config.txt still boots slot A ($(card_slots))"
 
 # --- boot 2: slot A; a power cut inside the bundle hook, slotB/ moved aside.
 boot cut-hook
@@ -271,7 +279,7 @@ expect_fingerprint
 wait_exit
 grep -q 'PISPEAKER-CUT: moved-old' "$CONSOLE" || { tail -n 40 "$CONSOLE"; die "boot 2 ended without reaching the hook's cut point"; }
 [ "$(firmware)" = slotA/ ] || die "after a power cut in the bundle hook the firmware would boot $(sed -n 's/^os_prefix=//p' "$WORK/firmware.txt")"
-pass "scenario 4: power cut in the bundle hook (slotB/ moved aside, slotB.new/ complete): config.txt boots slot A ($(card_file pispeaker-slots.txt))"
+pass "scenario 4: power cut in the bundle hook (slotB/ moved aside, slotB.new/ complete): config.txt boots slot A ($(card_slots))"
 
 # --- boot 3: slot A; a power cut in the slot switch, after config.txt's rename, before the sync.
 boot cut-switch
@@ -284,7 +292,7 @@ case "$after_switch" in
   slotA/ | slotB/) ;;
   *) die "after a power cut in the slot switch the firmware would boot '$after_switch'" ;;
 esac
-pass "scenario 4: power cut in the slot switch (config.txt renamed, directory not synced): the card boots $after_switch ($(card_file pispeaker-slots.txt))"
+pass "scenario 4: power cut in the slot switch (config.txt renamed, directory not synced): the card boots $after_switch ($(card_slots))"
 
 # --- boot 4 (if the card still boots A): a whole install, then the speaker reboots.
 if [ "$after_switch" = slotA/ ]; then
@@ -297,7 +305,7 @@ if [ "$after_switch" = slotA/ ]; then
   [ "$(firmware)" = slotB/ ] || die "after installing $NEXT config.txt does not boot slot B"
 fi
 install_line=$(grep -h 'PISPEAKER-CI: install next.raucb rc=0' "$LOGS"/boot-*.log | tail -n1 | tr -d '\r')
-grep -q 'B=try:3' <<<"$(card_file pispeaker-slots.txt)" || die "slot B is not on trial (try:3) after the install: $(card_file pispeaker-slots.txt)"
+grep -q 'B=try:3' <<<"$(card_slots)" || die "slot B is not on trial (try:3) after the install: $(card_slots)"
 
 # --- slot B, version N+1: scenario 1.
 boot updated
@@ -316,7 +324,7 @@ whole=$(grep -c '^sent .* for the whole file' "$LOGS/http.log" || true)
 sent=$(awk '/^sent /{s+=$2} END{print s+0}' "$LOGS/http.log")
 [ "$ranges" -ge 2 ] && [ "$whole" = 0 ] || die "the install from a URL was not streamed: $ranges range requests, $whole whole-file requests"
 pass "an install from a URL (http://10.0.2.2:$HTTP_PORT/never-ready.raucb) was streamed by RAUC: $ranges range requests, $((sent / 1000000)) MB read, no whole-file download"
-[ "$(firmware)" = slotA/ ] && grep -q 'A=try:3' <<<"$(card_file pispeaker-slots.txt)" || die "after installing the never-ready bundle config.txt does not boot slot A on trial: $(card_file pispeaker-slots.txt)"
+[ "$(firmware)" = slotA/ ] && grep -q 'A=try:3' <<<"$(card_slots)" || die "after installing the never-ready bundle config.txt does not boot slot A on trial: $(card_slots)"
 
 # --- slot A on trial, never ready: boots until the card boots slot B again (scenario 2).
 trials=0

@@ -194,6 +194,8 @@ fn rig(verity: bool) -> Rig {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
     }
+    // The single file images before the two-copy state shipped (read as generation 0): an
+    // update from such a speaker starts from it.
     fs::write(p("boot/pispeaker-slots.txt"), "A=good\nB=bad\n").unwrap();
     for slot in ["A", "B"] {
         // The root partitions: 8 MiB of zeros each.
@@ -367,6 +369,18 @@ fn verity() -> bool {
 }
 
 /// The entries at the top of the boot partition: no slotB.new/ or slotB.old/ left behind.
+/// The slot state in force, as the backend reads it from its two copies (`show`).
+fn slots(rig: &Rig) -> String {
+    let out = Command::new("sh")
+        .arg(repo().join("image/rauc/pispeaker-slot"))
+        .arg("show")
+        .env("PISPEAKER_BOOT_DIR", rig.path("boot"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "show: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn boot_entries(rig: &Rig) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(rig.path("boot"))
         .unwrap()
@@ -444,12 +458,19 @@ fn update_installs_into_the_other_slot_switches_config_txt_and_mark_good_settles
     );
     assert_eq!(
         boot_entries(&rig),
-        ["config.txt", "pispeaker-slots.txt", "slotA", "slotB"]
+        [
+            "config.txt",
+            "pispeaker-slots.alt.txt",
+            "pispeaker-slots.txt",
+            "slotA",
+            "slotB"
+        ]
     );
     let config = fs::read_to_string(rig.path("boot/config.txt")).unwrap();
     assert_eq!(config, CONFIG.replace("slotA/", "slotB/"));
-    let state = fs::read_to_string(rig.path("boot/pispeaker-slots.txt")).unwrap();
-    assert!(state.contains("\nA=good\nB=try:3\n"), "{state}");
+    // From the image's single file (generation 0): B marked bad (1), armed (2).
+    let state = slots(&rig);
+    assert!(state.starts_with("A=good B=try:3 generation=2 "), "{state}");
     let status = rig.rauc(&["status", "--detailed", "--output-format=json"]);
     let json: serde_json::Value = serde_json::from_slice(&check(status, "status").stdout).unwrap();
     assert_eq!(json["boot_primary"], "rootfs.1");
@@ -484,8 +505,8 @@ fn update_installs_into_the_other_slot_switches_config_txt_and_mark_good_settles
     // "Reboot" into B; the unit ordered after READY runs mark-good.
     rig.boot("B");
     check(rig.rauc(&["status", "mark-good"]), "rauc status mark-good");
-    let state = fs::read_to_string(rig.path("boot/pispeaker-slots.txt")).unwrap();
-    assert!(state.contains("\nA=good\nB=good\n"), "{state}");
+    let state = slots(&rig);
+    assert!(state.starts_with("A=good B=good "), "{state}");
 }
 
 /// A bundle whose root cannot boot (no kernel in /boot): the hook fails, so RAUC fails the
@@ -519,12 +540,17 @@ fn a_bundle_whose_root_has_no_kernel_fails_to_install_and_switches_nothing() {
         fs::read_to_string(rig.path("boot/config.txt")).unwrap(),
         CONFIG
     );
-    let state = fs::read_to_string(rig.path("boot/pispeaker-slots.txt")).unwrap();
-    assert!(state.contains("\nA=good\nB=bad\n"), "{state}");
+    let state = slots(&rig);
+    assert!(state.starts_with("A=good B=bad "), "{state}");
     assert!(tree(&rig.path("boot/slotA")) == slot_a);
     assert_eq!(
         boot_entries(&rig),
-        ["config.txt", "pispeaker-slots.txt", "slotA"]
+        [
+            "config.txt",
+            "pispeaker-slots.alt.txt",
+            "pispeaker-slots.txt",
+            "slotA"
+        ]
     );
     let status = rig.rauc(&["status", "--detailed", "--output-format=json"]);
     let json: serde_json::Value = serde_json::from_slice(&check(status, "status").stdout).unwrap();

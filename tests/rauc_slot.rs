@@ -12,6 +12,12 @@
 //!
 //! In every state the firmware must find a config.txt that names a slot whose files are
 //! complete and that still has every other line.
+//!
+//! The slot state is kept in two copies, `pispeaker-slots.txt` and `pispeaker-slots.alt.txt`,
+//! written in turn (the whole one with the highest generation counts): on the image's FAT,
+//! `fsck.vfat -a` emptied the file written last after a reset (image/rauc/README.md, "vfat").
+//! So besides the card states above, each cut is also checked with the copy written last
+//! emptied, as that fsck left it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,6 +45,18 @@ fn make_slot(boot: &Path, slot: &str) {
         format!("root=LABEL=ROOT{slot} rauc.slot={slot}\n"),
     )
     .unwrap();
+}
+
+/// The two copies of the slot state.
+const COPIES: [&str; 2] = ["pispeaker-slots.txt", "pispeaker-slots.alt.txt"];
+
+/// The slot state as image/build.sh writes it on a new card.
+const IMAGE_STATE: &str = "# A/B boot state (image/build.sh)\ngeneration=1\nA=good\nB=bad\nend\n";
+
+fn remove_state(boot: &Path) {
+    for copy in COPIES {
+        let _ = fs::remove_file(boot.join(copy));
+    }
 }
 
 fn boot_partition() -> tempfile::TempDir {
@@ -148,14 +166,14 @@ fn switches_both_ways_and_keeps_every_other_line() {
     ok(boot, &["set-primary", "B"]);
     assert_eq!(ok(boot, &["get-primary"]), "B");
     assert_eq!(firmware_boots(boot), "B");
-    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap();
-    assert!(state.contains("\nA=good\nB=try:3\n"), "{state}");
+    let state = ok(boot, &["show"]);
+    assert!(state.starts_with("A=good B=try:3 "), "{state}");
     // A slot with tries left counts as good until the initramfs spends them.
     assert_eq!(ok(boot, &["get-state", "B"]), "good");
     // mark-good after READY.
     ok(boot, &["set-state", "B", "good"]);
-    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap();
-    assert!(state.contains("\nA=good\nB=good\n"), "{state}");
+    let state = ok(boot, &["show"]);
+    assert!(state.starts_with("A=good B=good "), "{state}");
 
     ok(boot, &["set-primary", "A"]);
     assert_eq!(ok(boot, &["get-primary"]), "A");
@@ -165,7 +183,9 @@ fn switches_both_ways_and_keeps_every_other_line() {
     assert_eq!(config.matches("os_prefix=").count(), 1);
     // No temporary file is left behind.
     assert!(!boot.join("config.txt.new").exists());
-    assert!(!boot.join("pispeaker-slots.txt.new").exists());
+    for copy in COPIES {
+        assert!(!boot.join(format!("{copy}.new")).exists());
+    }
 }
 
 #[test]
@@ -287,9 +307,10 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
     let boot = boot_partition();
     let boot = boot.path();
     let mut checked = 0;
-    // Both directions, from a card with and without a state file.
+    // Both directions, from a card with and without a state (with one: the running slot
+    // good, the target slot marked bad, as RAUC does before it writes it).
     for (from, to, with_state) in [("A", "B", false), ("A", "B", true), ("B", "A", true)] {
-        for file in ["pispeaker-slots.txt", "config.txt"] {
+        for write in ["state", "config.txt"] {
             for step in ["written", "synced", "renamed"] {
                 // The card before the switch.
                 fs::write(
@@ -297,10 +318,19 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
                     CONFIG.replace("slotA/", &format!("slot{from}/")),
                 )
                 .unwrap();
-                let _ = fs::remove_file(boot.join("pispeaker-slots.txt"));
+                remove_state(boot);
                 if with_state {
+                    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+                    // The running slot is good (B after an earlier update, marked good).
+                    ok(boot, &["set-state", from, "good"]);
                     ok(boot, &["set-state", to, "bad"]);
                 }
+                // The state goes into the copy that does not hold the state in force.
+                let file = if write == "state" {
+                    next_copy(boot)
+                } else {
+                    write.to_string()
+                };
                 let before = snapshot(boot);
                 let out = run(boot, &["set-primary", to], Some(&format!("{file}:{step}")));
                 assert_eq!(
@@ -309,37 +339,62 @@ fn a_power_cut_at_any_step_leaves_a_bootable_complete_slot() {
                     "{file}:{step}: the cut happened"
                 );
                 let left = snapshot(boot);
-                for state in states_after_cut(&before, &left, file, step) {
-                    restore(boot, &state);
-                    let slot = firmware_boots(boot);
-                    // Before config.txt's rename reaches the card the old slot boots, after it
-                    // the new one; never anything else.
-                    let switched = file == "config.txt"
-                        && step == "renamed"
-                        && state["config.txt"] != before["config.txt"];
-                    assert_eq!(slot, if switched { to } else { from }, "{file}:{step}");
-                    // A new slot never boots without its tries armed: otherwise a slot that
-                    // never becomes ready would be booted for ever.
-                    if switched {
-                        let state = String::from_utf8_lossy(
-                            state
-                                .get("pispeaker-slots.txt")
-                                .map(Vec::as_slice)
-                                .unwrap_or(b""),
-                        )
-                        .into_owned();
-                        assert!(
-                            state.lines().any(|l| l == format!("{to}=try:3")),
-                            "{file}:{step}: slot {to} boots without tries:\n{state}"
+                for state in states_after_cut(&before, &left, &file, step) {
+                    for fsck in [false, true] {
+                        let what = format!(
+                            "{from}->{to} {file}:{step}{}",
+                            if fsck {
+                                ", the copy written last emptied"
+                            } else {
+                                ""
+                            }
                         );
+                        restore(boot, &state);
+                        if fsck && fsck_empties_newest(boot).is_none() {
+                            continue; // no whole copy to lose
+                        }
+                        let slot = firmware_boots(boot);
+                        // Before config.txt's rename reaches the card the old slot boots, after
+                        // it the new one; never anything else.
+                        let switched = file == "config.txt"
+                            && step == "renamed"
+                            && state["config.txt"] != before["config.txt"];
+                        assert_eq!(slot, if switched { to } else { from }, "{what}");
+                        // A new slot never boots as good: otherwise a slot that never becomes
+                        // ready would be booted for ever. Without fsck it has its tries armed;
+                        // with the armed copy emptied it is bad (the copy before) or, with no
+                        // copy left, the counter puts it on trial.
+                        if switched {
+                            let armed = slot_line(boot, to);
+                            if fsck && newest_copy(boot).is_some() {
+                                assert_eq!(armed, "bad", "{what}: slot {to} boots as {armed}");
+                            } else if fsck {
+                                // No copy left (a card that had none before the switch): the
+                                // counter puts the booted slot on trial (settle checks it).
+                            } else {
+                                assert_eq!(armed, "try:3", "{what}: slot {to} boots without tries");
+                            }
+                        }
+                        // Booting on from this card, the new slot never becoming ready: the
+                        // speaker ends on the old slot.
+                        let (settled, boots) = settle(boot, to, &what);
+                        assert_eq!(settled, from, "{what}: settled after {boots} boots");
+                        // The script runs again on this card (RAUC retries the install): it
+                        // completes, whatever the leftover temporary file holds.
+                        restore(boot, &state);
+                        if fsck {
+                            fsck_empties_newest(boot);
+                        }
+                        ok(boot, &["set-primary", to]);
+                        assert_eq!(firmware_boots(boot), to, "{what}");
+                        assert_eq!(slot_line(boot, to), "try:3", "{what}");
+                        // (With the copy written last emptied the rerun writes the other copy:
+                        // a leftover .new of this one waits, never read, for its next write.)
+                        if !fsck || file == "config.txt" {
+                            assert!(!boot.join(format!("{file}.new")).exists(), "{what}");
+                        }
+                        checked += 1;
                     }
-                    // The script runs again on this card (RAUC retries the install): it
-                    // completes, whatever the leftover temporary file holds.
-                    ok(boot, &["set-primary", to]);
-                    assert_eq!(firmware_boots(boot), to);
-                    assert!(!boot.join(format!("{file}.new")).exists());
-                    restore(boot, &state);
-                    checked += 1;
                 }
             }
         }
@@ -369,7 +424,7 @@ fn a_read_only_boot_partition_is_remounted_for_the_write_and_back() {
         PISPEAKER_BOOT_DIR={mnt} sh {slot} set-primary B
         PISPEAKER_BOOT_DIR={mnt} sh {slot} set-state B good
         PISPEAKER_BOOT_DIR={mnt} sh {slot} get-primary
-        cat {mnt}/pispeaker-slots.txt
+        PISPEAKER_BOOT_DIR={mnt} sh {slot} show
         if touch {mnt}/probe 2>/dev/null; then echo 'left read-write'; exit 1; fi
         awk -v m={mnt} '$2 == m {{ print $4 }}' /proc/mounts",
         mnt = mnt.display(),
@@ -422,21 +477,80 @@ fn boot_count(boot: &Path, slot: &str, cut: Option<&str>) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn slot_line(boot: &Path, slot: &str) -> String {
-    let state = fs::read_to_string(boot.join("pispeaker-slots.txt")).unwrap_or_default();
-    state
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{slot}=")))
-        .next_back()
-        .unwrap_or("(none)")
+/// A field of `pispeaker-slot show` (A, B, generation, copy, other).
+fn show_field(boot: &Path, key: &str) -> String {
+    let out = run(boot, &["show"], None);
+    assert!(out.status.success(), "show: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prefix = format!("{key}=");
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("show has no {key}=: {text}"))
         .to_string()
 }
 
-/// What an update leaves: slot B armed with 3 tries and booted by config.txt, A good.
+/// A slot's state word (good, bad, try:N) as the script reads it from the two copies.
+fn slot_line(boot: &Path, slot: &str) -> String {
+    show_field(boot, slot)
+}
+
+/// The copy holding the state in force (the one written last of those whose write reached
+/// the card), if any copy is whole.
+fn newest_copy(boot: &Path) -> Option<String> {
+    let copy = show_field(boot, "copy");
+    (copy != "none").then_some(copy)
+}
+
+/// The copy the next write of the state replaces: the one not holding the state in force.
+fn next_copy(boot: &Path) -> String {
+    match newest_copy(boot).as_deref() {
+        Some("pispeaker-slots.txt") => COPIES[1].to_string(),
+        _ => COPIES[0].to_string(),
+    }
+}
+
+/// What fsck.vfat did on the image after a reset: the file written last is left empty.
+fn fsck_empties_newest(boot: &Path) -> Option<String> {
+    let copy = newest_copy(boot)?;
+    fs::write(boot.join(&copy), b"").unwrap();
+    Some(copy)
+}
+
+/// Boots the card on until it settles, the counter running at each boot of whatever the
+/// firmware picks: slot `never_ready` never reaches READY, the other one does and is marked
+/// good (pispeaker-mark-good.service). Returns the slot it settles on and the boots it took.
+/// `never_ready` may boot only on trial (never as good), and the boots are bounded.
+fn settle(boot: &Path, never_ready: &str, what: &str) -> (String, u32) {
+    let mut boots = 0;
+    loop {
+        boots += 1;
+        assert!(boots <= 8, "{what}: no end of boots");
+        let slot = firmware_boots(boot);
+        let (code, text) = boot_count(boot, &slot, None);
+        if code == 10 {
+            continue;
+        }
+        assert_eq!(code, 0, "{what}: {text}");
+        if slot != never_ready {
+            ok(boot, &["set-state", &slot, "good"]);
+            return (slot, boots);
+        }
+        let state = slot_line(boot, &slot);
+        assert!(
+            state.starts_with("try:"),
+            "{what}: slot {slot}, which never becomes ready, boots as {state}: {text}"
+        );
+    }
+}
+
+/// What an update leaves: slot B armed with 3 tries and booted by config.txt, A good (three
+/// generations: the image's, B marked bad, B armed).
 fn card_after_update(boot: &Path) {
     fs::write(boot.join("config.txt"), CONFIG).unwrap();
-    let _ = fs::remove_file(boot.join("pispeaker-slots.txt"));
-    ok(boot, &["set-state", "A", "good"]);
+    remove_state(boot);
+    // As RAUC 1.8 installs into B on a new card: B marked bad, written, made primary.
+    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+    ok(boot, &["set-state", "B", "bad"]);
     ok(boot, &["set-primary", "B"]);
     assert_eq!(slot_line(boot, "B"), "try:3");
     assert_eq!(firmware_boots(boot), "B");
@@ -524,59 +638,61 @@ fn boot_count_never_switches_to_a_slot_that_cannot_boot() {
 /// bad, switching config.txt): in each state the card can be left in, the firmware boots a
 /// complete slot, a try is never given back, and booting on from there (the counter running at
 /// each boot of whatever the firmware picks) ends on the good slot A with B bad, after at most
-/// two more boots.
+/// two more boots. With the copy written last also emptied (fsck.vfat after the reset), the
+/// state before it counts: at most one try comes back, and it still ends on A.
 #[test]
 fn boot_count_survives_a_power_cut_at_every_step() {
     let boot = boot_partition();
     let boot = boot.path();
     let mut checked = 0;
     // (tries left before the boot, the write that is cut)
-    let cases = [
-        (3, "pispeaker-slots.txt"),
-        (0, "pispeaker-slots.txt"),
-        (0, "config.txt"),
-    ];
-    for (tries, file) in cases {
+    let cases = [(3, "state"), (0, "state"), (0, "config.txt")];
+    for (tries, write) in cases {
         for step in ["written", "synced", "renamed"] {
             card_after_update(boot);
             for _ in tries..3 {
                 assert_eq!(boot_count(boot, "B", None).0, 0);
             }
             assert_eq!(slot_line(boot, "B"), format!("try:{tries}"));
+            let file = if write == "state" {
+                next_copy(boot)
+            } else {
+                write.to_string()
+            };
             let before = snapshot(boot);
             let (code, text) = boot_count(boot, "B", Some(&format!("{file}:{step}")));
             assert_eq!(code, 75, "{tries} {file}:{step}: the cut happened: {text}");
             let left = snapshot(boot);
-            for state in states_after_cut(&before, &left, file, step) {
-                restore(boot, &state);
-                let mut slot = firmware_boots(boot);
-                let b = slot_line(boot, "B");
-                if let Some(n) = b.strip_prefix("try:") {
-                    let n: u32 = n.parse().unwrap();
-                    assert!(n <= tries, "{file}:{step}: a try was given back: {b}");
-                }
-                let mut boots = 0;
-                loop {
-                    let (code, text) = boot_count(boot, &slot, None);
-                    boots += 1;
-                    if code == 0 && slot == "A" {
-                        break;
+            for state in states_after_cut(&before, &left, &file, step) {
+                for fsck in [false, true] {
+                    let what = format!(
+                        "try:{tries} {file}:{step}{}",
+                        if fsck {
+                            ", the copy written last emptied"
+                        } else {
+                            ""
+                        }
+                    );
+                    restore(boot, &state);
+                    if fsck {
+                        fsck_empties_newest(boot).expect("a whole copy");
                     }
-                    if code == 0 {
-                        // B on trial still: it spends its remaining tries.
-                        assert!(boots <= 4, "{file}:{step}: B keeps booting: {text}");
-                    } else {
-                        assert_eq!(code, 10, "{file}:{step}: {text}");
+                    firmware_boots(boot);
+                    let b = slot_line(boot, "B");
+                    if let Some(n) = b.strip_prefix("try:") {
+                        let n: u32 = n.parse().unwrap();
+                        let most = if fsck { tries + 1 } else { tries };
+                        assert!(n <= most, "{what}: a try was given back: {b}");
                     }
-                    slot = firmware_boots(boot);
-                    assert!(boots <= 6, "{file}:{step}: no end of boots");
+                    let (slot, boots) = settle(boot, "B", &what);
+                    assert_eq!(slot, "A", "{what}");
+                    assert_eq!(ok(boot, &["get-state", "B"]), "bad", "{what}");
+                    assert_eq!(slot_line(boot, "A"), "good", "{what}");
+                    if tries == 0 && !fsck {
+                        assert!(boots <= 3, "{what}: {boots} boots to get back to A");
+                    }
+                    checked += 1;
                 }
-                assert_eq!(slot_line(boot, "B"), "bad", "{file}:{step}");
-                assert_eq!(slot_line(boot, "A"), "good", "{file}:{step}");
-                if tries == 0 {
-                    assert!(boots <= 3, "{file}:{step}: {boots} boots to get back to A");
-                }
-                checked += 1;
             }
         }
     }
@@ -896,4 +1012,216 @@ fn trial_watch_on_the_last_try_reboots_only_when_there_is_a_slot_to_return_to() 
     let w = trial_watch(boot, &cmdline, Duration::from_secs(60), |_| {});
     assert!(!w.rebooted, "{}", w.text);
     assert!(w.text.contains("slotA has no device tree"), "{}", w.text);
+}
+
+/// The state files a command changed (by comparing the card before and after).
+fn state_files_changed(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    COPIES
+        .iter()
+        .filter(|c| before.get(**c) != after.get(**c))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+fn generation(text: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("generation="))
+        .unwrap_or_else(|| panic!("no generation= in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The finding in the emulator: after a reset in the slot switch, fsck.vfat left the state file
+/// written by set-primary empty. The copy that write went to is damaged three ways (emptied,
+/// cut in the middle of a line, its `end` line lost); each time the state before the write
+/// counts, slot B bad (RAUC marks it so before writing it), so a boot of B, which config.txt
+/// names, goes straight back to A: the update is lost, never a way back.
+#[test]
+fn a_lost_copy_after_set_primary_leaves_the_new_slot_bad_and_the_counter_goes_back() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    type Damage = fn(&[u8]) -> Vec<u8>;
+    let damages: [(&str, Damage); 3] = [
+        ("emptied", |_| Vec::new()),
+        ("cut mid-line", |d| {
+            let text = String::from_utf8_lossy(d);
+            let at = text.find("B=try:3").expect("B armed") + 3;
+            d[..at].to_vec()
+        }),
+        ("end line lost", |d| {
+            String::from_utf8_lossy(d).replace("end\n", "").into_bytes()
+        }),
+    ];
+    for (how, damage) in damages {
+        fs::write(boot.join("config.txt"), CONFIG).unwrap();
+        remove_state(boot);
+        fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+        ok(boot, &["set-state", "B", "bad"]);
+        let before = snapshot(boot);
+        ok(boot, &["set-primary", "B"]);
+        let after = snapshot(boot);
+        let written = state_files_changed(&before, &after);
+        assert_eq!(written.len(), 1, "{how}: {written:?}");
+        let damaged = damage(&after[&written[0]]);
+        fs::write(boot.join(&written[0]), &damaged).unwrap();
+        assert_eq!(firmware_boots(boot), "B", "{how}");
+        assert_eq!(ok(boot, &["get-state", "B"]), "bad", "{how}");
+        assert_eq!(ok(boot, &["get-state", "A"]), "good", "{how}");
+        let (code, text) = boot_count(boot, "B", None);
+        assert_eq!(code, 10, "{how}: {text}");
+        assert!(
+            text.contains("config.txt boots slot A again"),
+            "{how}: {text}"
+        );
+        assert_eq!(firmware_boots(boot), "A", "{how}");
+        let (code, text) = boot_count(boot, "A", None);
+        assert_eq!((code, text.trim()), (0, "slot A is good"), "{how}");
+    }
+}
+
+/// Every write goes into the copy that does not hold the state in force, with the next
+/// generation, and leaves the other copy (the state before) as it was: the two copies take
+/// turns and the newest state and the one before are never in the same file.
+#[test]
+fn writes_take_turns_between_the_two_copies_with_rising_generations() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+    let mut expect_copy = 1;
+    let steps: [&dyn Fn(); 6] = [
+        &|| drop(ok(boot, &["set-state", "B", "bad"])),
+        &|| drop(ok(boot, &["set-primary", "B"])),
+        &|| assert_eq!(boot_count(boot, "B", None).0, 0),
+        &|| assert_eq!(boot_count(boot, "B", None).0, 0),
+        &|| drop(ok(boot, &["set-state", "B", "good"])),
+        &|| drop(ok(boot, &["set-primary", "A"])),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        // The image's copy is generation 1; write i makes generation i + 2.
+        let last_generation = i as u32 + 1;
+        let before = snapshot(boot);
+        step();
+        let after = snapshot(boot);
+        let written = state_files_changed(&before, &after);
+        assert_eq!(written, [COPIES[expect_copy]], "write {i}");
+        let text = String::from_utf8_lossy(&after[COPIES[expect_copy]]).into_owned();
+        assert_eq!(generation(&text), last_generation + 1, "write {i}: {text}");
+        assert!(text.ends_with("\nend\n"), "write {i}: {text}");
+        // The other copy still holds the state before, whole.
+        let other = String::from_utf8_lossy(&after[COPIES[1 - expect_copy]]).into_owned();
+        assert_eq!(generation(&other), last_generation, "write {i}: {other}");
+        assert_eq!(show_field(boot, "copy"), COPIES[expect_copy], "write {i}");
+        assert_eq!(
+            show_field(boot, "other"),
+            format!("{}:{last_generation}", COPIES[1 - expect_copy]),
+            "write {i}"
+        );
+        expect_copy = 1 - expect_copy;
+    }
+    assert_eq!(
+        ok(boot, &["show"]).split(' ').take(3).collect::<Vec<_>>(),
+        ["A=try:3", "B=good", "generation=7"]
+    );
+}
+
+/// The single file earlier images and versions of the script wrote (comments, A= and B=, no
+/// generation= or end) is read as generation 0: an update from a speaker flashed before the
+/// two copies starts from its state, and the first write goes to the other copy.
+#[test]
+fn reads_the_single_file_of_earlier_images_as_generation_0() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    // What image/build.sh wrote before.
+    let legacy = "# A/B boot state for image/rauc/pispeaker-slot and the initramfs: good, bad or try:N\n# (N boots left for a new slot to reach READY). Do not edit by hand.\nA=good\nB=bad\n";
+    fs::write(boot.join(COPIES[0]), legacy).unwrap();
+    assert_eq!(ok(boot, &["get-state", "A"]), "good");
+    assert_eq!(ok(boot, &["get-state", "B"]), "bad");
+    assert_eq!(
+        ok(boot, &["show"]),
+        "A=good B=bad generation=0 copy=pispeaker-slots.txt other=pispeaker-slots.alt.txt:missing"
+    );
+    ok(boot, &["set-primary", "B"]);
+    assert_eq!(fs::read_to_string(boot.join(COPIES[0])).unwrap(), legacy);
+    assert_eq!(
+        ok(boot, &["show"]),
+        "A=good B=try:3 generation=1 copy=pispeaker-slots.alt.txt other=pispeaker-slots.txt:0"
+    );
+
+    // An earlier version's set-primary left B on trial in the single file (the update that
+    // brings this version): the new slot's counter goes on from there.
+    remove_state(boot);
+    fs::write(boot.join(COPIES[0]), "# comment\nA=good\nB=try:3\n").unwrap();
+    let (code, text) = boot_count(boot, "B", None);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("2 left after it"), "{text}");
+    assert!(ok(boot, &["show"])
+        .starts_with("A=good B=try:2 generation=1 copy=pispeaker-slots.alt.txt "));
+
+    // Not whole, so not read: half of a file, a second A= line, an unknown word, a line after
+    // `end`, a new-format copy without its end.
+    for (bad, why) in [
+        ("A=good\n", "no B= line"),
+        ("A=good\nA=bad\nB=bad\n", "two A= lines"),
+        ("A=fine\nB=bad\n", "an unknown state"),
+        (
+            "generation=4\nA=good\nB=bad\nend\nB=try:3\n",
+            "a line after end",
+        ),
+        ("generation=4\nA=good\nB=bad\n", "no end"),
+        ("A=good\nB=bad\nend\n", "an end without a generation"),
+    ] {
+        remove_state(boot);
+        fs::write(
+            boot.join(COPIES[1]),
+            IMAGE_STATE
+                .replace("generation=1", "generation=2")
+                .replace("B=bad", "B=try:1"),
+        )
+        .unwrap();
+        fs::write(boot.join(COPIES[0]), bad).unwrap();
+        assert_eq!(
+            show_field(boot, "copy"),
+            COPIES[1],
+            "{why}: the damaged copy was read"
+        );
+        assert_eq!(
+            show_field(boot, "other"),
+            format!("{}:damaged", COPIES[0]),
+            "{why}"
+        );
+    }
+}
+
+/// No whole copy at all (both emptied): the counter does not take the booted slot as good, it
+/// puts it on trial with all its tries and takes the other as good, so a new slot that never
+/// becomes ready still goes back. (Other commands, on a running system, take both as good.)
+/// Both are said on stderr.
+#[test]
+fn with_no_whole_copy_the_counter_puts_the_booted_slot_on_trial() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    card_after_update(boot);
+    for copy in COPIES {
+        fs::write(boot.join(copy), b"").unwrap();
+    }
+    let out = run(boot, &["get-state", "B"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "good");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds a whole slot state"),
+        "{out:?}"
+    );
+    let (code, text) = boot_count(boot, "B", None);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("taking slot B, the one booted, as on trial (3 tries) and the other as good"),
+        "{text}"
+    );
+    assert!(text.contains("2 left after it"), "{text}");
+    assert!(ok(boot, &["show"]).starts_with("A=good B=try:2 generation=1 "));
+    let (slot, boots) = settle(boot, "B", "no whole copy");
+    assert_eq!(slot, "A", "after {boots} boots");
+    assert_eq!(ok(boot, &["get-state", "B"]), "bad");
 }

@@ -35,7 +35,9 @@ marked=$(systemctl show -p ExecMainStartTimestampMonotonic --value pispeaker-mar
 out "markgood_order=READY at ${ready} us, mark-good started at ${marked} us"
 [ "${marked:-0}" -ge "${ready:-1}" ] 2>/dev/null && out "markgood_after_ready=yes" || out "markgood_after_ready=no"
 out "markgood_log=$(journalctl -b -o cat --no-pager -u pispeaker-mark-good.service | grep -v '^Start\|^Finish\|Deactivated' | tail -n 1)"
-out "slot_A=$(sed -n 's/^A=//p' /boot/firmware/pispeaker-slots.txt)"
+# The slot state as the backend reads it from its two copies on the FAT.
+out "slots=$(sh /usr/lib/pispeaker/pispeaker-slot show 2>&1 | tr '\n' ' ')"
+out "slot_A=$(sh /usr/lib/pispeaker/pispeaker-slot show 2>/dev/null | tr ' ' '\n' | sed -n 's/^A=//p')"
 # What the initramfs's boot counter did (scripts/local-premount/pispeaker-bootcount).
 out "bootcount=$(tr '\n' ' ' </run/pispeaker-bootcount.log 2>&1)"
 out "root_mount=$(findmnt -no OPTIONS /)"

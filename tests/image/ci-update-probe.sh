@@ -11,7 +11,10 @@ phase=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^pispeaker\.ci=//p' | tail -n1)
 slot=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^rauc\.slot=//p' | tail -n1)
 out "boot phase=$phase slot=$slot uptime=$(cut -d' ' -f1 /proc/uptime)"
 out "bootcount=$(tr '\n' ' ' </run/pispeaker-bootcount.log 2>&1)"
-out "slots=$(grep -v '^#' /boot/firmware/pispeaker-slots.txt | tr '\n' ' ')"
+# The slot state as the backend reads it from its two copies on the FAT (and, on stderr, a
+# warning if neither is whole).
+slots() { sh /usr/lib/pispeaker/pispeaker-slot show 2>&1 | tr '\n' ' '; }
+out "slots=$(slots)"
 
 # A boot of a slot that never becomes ready: report nothing more; pispeaker-trial-watch.service
 # reboots it (the host counts the boots).
@@ -40,7 +43,7 @@ while [ $i -lt 120 ]; do
   i=$((i + 1))
 done
 out "markgood=$mg,$(systemctl show -p Result --value pispeaker-mark-good.service)"
-out "slots_after_ready=$(grep -v '^#' /boot/firmware/pispeaker-slots.txt | tr '\n' ' ')"
+out "slots_after_ready=$(slots)"
 out "rauc_booted=$(rauc status --output-format=shell 2>/dev/null | sed -n "s/^RAUC_SYSTEM_BOOTED_BOOTNAME='*\([^']*\)'*$/\1/p")"
 out "build=$(cat /usr/lib/pispeaker/ci-build 2>/dev/null || echo flashed)"
 
