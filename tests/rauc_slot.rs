@@ -188,6 +188,33 @@ fn switches_both_ways_and_keeps_every_other_line() {
     }
 }
 
+/// pispeaker-mark-good.service marks the booted slot good at every boot: a state that already
+/// says so is not written again (no FAT write a reset could catch, no new generation).
+#[test]
+fn marking_a_good_slot_good_again_writes_nothing() {
+    let boot = boot_partition();
+    let boot = boot.path();
+    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+    ok(boot, &["set-state", "A", "good"]);
+    assert_eq!(
+        fs::read_to_string(boot.join(COPIES[0])).unwrap(),
+        IMAGE_STATE
+    );
+    assert!(
+        !boot.join(COPIES[1]).exists(),
+        "a copy was written for an unchanged state"
+    );
+    // A change is still written, into the other copy.
+    ok(boot, &["set-state", "B", "good"]);
+    let state = ok(boot, &["show"]);
+    assert!(state.starts_with("A=good B=good generation=2 "), "{state}");
+    // Without any whole copy, marking good writes one (the state in force was a fallback).
+    remove_state(boot);
+    ok(boot, &["set-state", "A", "good"]);
+    let state = ok(boot, &["show"]);
+    assert!(state.starts_with("A=good B=good generation=1 "), "{state}");
+}
+
 #[test]
 fn a_config_without_os_prefix_gets_one_under_all() {
     let boot = boot_partition();
@@ -1089,7 +1116,8 @@ fn a_lost_copy_after_set_primary_leaves_the_new_slot_bad_and_the_counter_goes_ba
 fn writes_take_turns_between_the_two_copies_with_rising_generations() {
     let boot = boot_partition();
     let boot = boot.path();
-    fs::write(boot.join(COPIES[0]), IMAGE_STATE).unwrap();
+    // A card after an earlier update (B good), so RAUC's first write, B bad, changes the state.
+    fs::write(boot.join(COPIES[0]), IMAGE_STATE.replace("B=bad", "B=good")).unwrap();
     let mut expect_copy = 1;
     let steps: [&dyn Fn(); 6] = [
         &|| drop(ok(boot, &["set-state", "B", "bad"])),
