@@ -22,7 +22,10 @@
 #      user-mode stack with port forwards. Emulation-only: the SD host runs without DMA (see step
 #      2), and the command line adds `modprobe.blacklist=vchiq,snd_bcm2835` (the VideoCore
 #      mailbox oopses under emulation) and the probe (tests/image/ci-probe-pi.sh, run with
-#      systemd.run= beside multi-user.target). A guest kernel oops fails the test at once.
+#      systemd.run= beside multi-user.target), and `systemd.default_timeout_start_sec=600`: under
+#      TCG on a loaded 2-core host the guest runs some 20 times slower than a Pi, and systemd's
+#      90 s default, a few seconds of a real Pi's time, killed the speaker before its READY in a
+#      run beside stress-ng. A guest kernel oops fails the test at once.
 #
 # Checked: READY (Type=notify) and the time to it (a FIGURE line); zeroconf getInfo and the status
 # page from the host through usb-net; the usb-net interface configured by the image's networkd;
@@ -154,7 +157,7 @@ if [ "$MACHINE" = raspi3b ]; then
 fi
 nice -n "${PI_BOOT_NICE:-0}" "$QEMU" -M "$MACHINE" \
   -kernel "$WORK/fw/kernel" -initrd "$WORK/fw/initramfs" -dtb "$WORK/fw/board.dtb" \
-  -append "$cmdline modprobe.blacklist=vchiq,snd_bcm2835${EMU_CMDLINE:+ $EMU_CMDLINE} systemd.run=\"/bin/sh /boot/firmware/ci-probe-pi.sh $PROBE_TTY\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target" \
+  -append "$cmdline modprobe.blacklist=vchiq,snd_bcm2835 systemd.default_timeout_start_sec=600${EMU_CMDLINE:+ $EMU_CMDLINE} systemd.run=\"/bin/sh /boot/firmware/ci-probe-pi.sh $PROBE_TTY\" systemd.run_success_action=none systemd.run_failure_action=none systemd.wants=multi-user.target" \
   -drive file="$IMG",if=sd,format=raw \
   -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$ZC_PORT-:7071,hostfwd=tcp:127.0.0.1:$STATUS_PORT-:7070" -device usb-net,netdev=n0 \
   -device usb-audio,audiodev=a -audiodev "wav,id=a,path=$WORK/out.wav" \
