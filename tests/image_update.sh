@@ -205,10 +205,17 @@ boot() {
 }
 probe() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r' | head -n1; }
 probe_all() { sed -n "s/.*PISPEAKER-CI: $1//p" "$CONSOLE" | tr -d '\r'; }
+# A guest kernel oops or panic does not heal: the test says so at once, not at the deadline.
+check_oops() {
+  if grep -qE 'Internal error: Oops|Kernel panic' "$CONSOLE"; then
+    sleep 5; tail -n 80 "$CONSOLE"; die "boot $BOOT_NO: the guest kernel oopsed or panicked (above)"
+  fi
+}
 # wait_for REGEX: until the console has a line matching it (0), or qemu ends (1); dies at the deadline.
 wait_for() {
   local deadline=$(( $(date +%s) + ${BOOT_TIMEOUT:-900} ))
   until grep -qE "$1" "$CONSOLE"; do
+    check_oops
     kill -0 "$QEMU_PID" 2>/dev/null || { wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=""; grep -qE "$1" "$CONSOLE"; return; }
     [ "$(date +%s)" -lt "$deadline" ] || { tail -n 60 "$CONSOLE"; die "boot $BOOT_NO: no '$1' on the console within ${BOOT_TIMEOUT:-900} s"; }
     sleep 1
@@ -218,6 +225,7 @@ wait_for() {
 wait_exit() {
   local deadline=$(( $(date +%s) + ${BOOT_TIMEOUT:-900} ))
   while kill -0 "$QEMU_PID" 2>/dev/null; do
+    check_oops
     [ "$(date +%s)" -lt "$deadline" ] || { tail -n 60 "$CONSOLE"; die "boot $BOOT_NO: the guest did not reboot within ${BOOT_TIMEOUT:-900} s"; }
     sleep 1
   done
