@@ -75,15 +75,8 @@ fw() { sed -n "s/^$1=//p" "$WORK/firmware.txt"; }
 KERNEL=$(fw kernel) INITRD=$(fw initramfs)
 [ "$KERNEL" = slotA/vmlinuz ] && [ "$INITRD" = slotA/initrd.img ] || die "the firmware would boot $KERNEL with $INITRD, not slot A's kernel and initrd"
 mcopy -i "$FAT" ::config.txt ::pispeaker.toml "$WORK/"
-# The card's slot state as pispeaker-slot reads it from its two copies (show, on a copy of them).
-card_slots() {
-  rm -rf "$WORK/card-boot" && mkdir -p "$WORK/card-boot"
-  local f
-  for f in pispeaker-slots.txt pispeaker-slots.alt.txt; do
-    mcopy -o -i "$FAT" "::$f" "$WORK/card-boot/$f" 2>/dev/null || true
-  done
-  PISPEAKER_BOOT_DIR=$WORK/card-boot sh image/rauc/pispeaker-slot show 2>&1 | tr '\n' ' '
-}
+# The card's slot state as pispeaker-slot reads it from its two copies.
+card_slots() { bash tests/image/card_slots.sh "$FAT"; }
 grep -q '^dtparam=audio=on' "$WORK/config.txt" || die "config.txt does not switch the headphone jack on"
 grep -qx 'include pispeaker-board.txt' "$WORK/config.txt" || die "config.txt does not include pispeaker-board.txt (the board's overlay)"
 slots=$(card_slots)

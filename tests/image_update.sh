@@ -172,15 +172,8 @@ firmware() {
   bash tests/image/pi_firmware.sh "$IMG" pi2 "$WORK/fw" > "$WORK/firmware.txt" || die "the firmware's view of the boot partition failed (above)"
   sed -n 's/^os_prefix=//p' "$WORK/firmware.txt"
 }
-# The card's slot state as pispeaker-slot reads it from its two copies (show, on a copy of them).
-card_slots() {
-  rm -rf "$WORK/card-boot" && mkdir -p "$WORK/card-boot"
-  local f
-  for f in pispeaker-slots.txt pispeaker-slots.alt.txt; do
-    mcopy -o -i "$FAT" "::$f" "$WORK/card-boot/$f" 2>/dev/null || true
-  done
-  PISPEAKER_BOOT_DIR=$WORK/card-boot sh image/rauc/pispeaker-slot show 2>&1 | tr '\n' ' '
-}
+# The card's slot state as pispeaker-slot reads it from its two copies.
+card_slots() { bash tests/image/card_slots.sh "$FAT"; }
 
 BOOT_NO=0
 CONSOLE=""
