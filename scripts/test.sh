@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian/Ubuntu machine, then runs every check CI runs:
 # formatting, clippy, the host test suite (including the network-namespace tests, which need
-# root), the unit-file checks, and the armv7 build + tests under qemu.
+# root), the unit-file checks, the armv7 build + tests under qemu, and the SD images: the armhf
+# image booted on qemu's virt and raspi2b machines and updated in the emulator, the arm64 image
+# (built in the background) booted on raspi3b.
 #
 #   bash scripts/test.sh            # everything
 #   SKIP_ARMV7=1 bash scripts/test.sh   # host only (faster while iterating; implies SKIP_IMAGE)
-#   SKIP_IMAGE=1 bash scripts/test.sh   # everything but the SD image build and its boot test
+#   SKIP_IMAGE=1 bash scripts/test.sh   # everything but the SD image builds and their boot tests
+#   SKIP_ARM64=1 bash scripts/test.sh   # everything but the 64-bit image (its base, the aarch64
+#                                       # build, the image and its boot on raspi3b)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+CI_T0=$(date +%s)
+# Every step says when it began (seconds since this script started): the CI log is the timeline.
+step() { printf '\n==> [%ss] %s\n' "$(( $(date +%s) - CI_T0 ))" "$*"; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null; then SUDO="sudo"; else
@@ -58,23 +64,53 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 started=$(date +%s)
 
-# The SD image's root file system (mmdebstrap of Debian armhf, every maintainer script under
-# qemu-user) takes ~12 min of mostly one core. It needs nothing from this checkout's build, so
-# it runs in the background, niced so the timing-sensitive tests keep their CPU, while the
-# checks below run; the image stage waits for it. Everything apt installs (the armv7 toolchain,
-# the image's host tools) is installed first: two apt runs at once would fight over the lock.
-image_base_pid=""
+# The SD images' root file systems (mmdebstrap of Debian armhf and arm64, every maintainer script
+# under qemu-user: ~6 min of mostly one core each when the machine is idle) and the aarch64
+# release build need nothing from the checks below, so they run in the background, niced so the
+# timing-sensitive tests keep their CPU, and the image stages wait for them. Everything apt
+# installs (both cross toolchains, the images' host tools) and cargo-deb (both .deb builds need
+# it) are installed first: two apt runs or two `cargo install`s at once would fight over a lock.
+# Each background job leaves its exit status in $BG/<job>.rc and its output in $BG/<job>.log.
+BG=/tmp/pispeaker-ci
+bg_pids=()
+kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; $SUDO kill -TERM "$1" 2>/dev/null || true; }
+# If a check fails first, the background jobs go too (children first: mmdebstrap cleans up its
+# temporary root on SIGTERM).
+trap 'for p in "${bg_pids[@]}"; do kill_tree "$p"; done' EXIT
+bg() { # name nice command...: runs the command in the background
+  local name=$1 niceness=$2; shift 2
+  ( rc=0; $SUDO env "PATH=$PATH" "HOME=$HOME" nice -n "$niceness" "$@" >"$BG/$name.log" 2>&1 || rc=$?; echo "$rc" >"$BG/$name.rc" ) &
+  bg_pids+=($!)
+  echo "background: $name (log: $BG/$name.log)"
+}
+bg_wait() { # name what: waits for a background job; on failure shows its log's end and stops
+  local name=$1 what=$2
+  while [ ! -s "$BG/$name.rc" ]; do sleep 2; done
+  if [ "$(cat "$BG/$name.rc")" != 0 ]; then
+    tail -n 60 "$BG/$name.log"
+    echo "error: $what failed (log above: $BG/$name.log)" >&2
+    exit 1
+  fi
+}
+ARM64=""
 if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
-  step "SD image: host tools and the armv7 toolchain, then the root file system in the background"
+  [ -n "${SKIP_ARM64:-}" ] || ARM64=1
+  rm -rf "$BG" && mkdir -p "$BG"
+  step "SD images: host tools, the cross toolchains and cargo-deb; then the root file systems${ARM64:+ and the aarch64 build} in the background"
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-armv7.sh install
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash image/build.sh --host-tools
-  $SUDO env "PATH=$PATH" "HOME=$HOME" nice -n 10 bash image/build.sh --base-only >/tmp/pispeaker-image-base.log 2>&1 &
-  image_base_pid=$!
-  # If a check fails first, the background build goes too (children first: mmdebstrap cleans up
-  # its temporary root on SIGTERM).
-  kill_tree() { local child; for child in $(pgrep -P "$1"); do kill_tree "$child"; done; $SUDO kill -TERM "$1" 2>/dev/null || true; }
-  trap '[ -z "$image_base_pid" ] || kill_tree "$image_base_pid"' EXIT
-  echo "building the image's root file system in the background (log: /tmp/pispeaker-image-base.log)"
+  if [ -n "$ARM64" ]; then
+    $SUDO env "PATH=$PATH" "HOME=$HOME" bash scripts/cross-aarch64.sh install
+    $SUDO env "PATH=$PATH" "HOME=$HOME" bash image/build.sh --arch arm64 --host-tools
+  fi
+  command -v cargo-deb >/dev/null || [ -x "$HOME/.cargo/bin/cargo-deb" ] || cargo install cargo-deb --locked --version '^3' >/dev/null
+  # The armhf base gates the longest stage (the armhf image's boots and updates): it gets the
+  # idle CPU before the arm64 work, which is needed only at the end.
+  bg base-armhf 10 bash image/build.sh --base-only
+  if [ -n "$ARM64" ]; then
+    bg base-arm64 12 bash image/build.sh --arch arm64 --base-only
+    bg build-aarch64 15 bash scripts/cross-aarch64.sh build
+  fi
 fi
 
 step "cargo fmt --check"
@@ -104,29 +140,44 @@ if [ -z "${SKIP_ARMV7:-}" ]; then
   armv7_passed=$(sed -n 's/.*armv7 tests under qemu: \([0-9]*\) passed.*/\1/p' /tmp/pispeaker-armv7.log | tail -n1)
 fi
 image_passed=0
+image_logs=()
 if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
-  step "SD image: image/build.sh, then boot it under qemu-system-arm (tests/image_boot.sh)"
-  if ! wait "$image_base_pid"; then
-    tail -n 60 /tmp/pispeaker-image-base.log
-    echo "error: building the image's root file system failed (log above: /tmp/pispeaker-image-base.log)" >&2
-    exit 1
-  fi
-  image_base_pid=""
-  sed 's/^/  base: /' /tmp/pispeaker-image-base.log | grep -E 'base: (==>|root file system built|reusing)' || true
+  step "SD image (armhf): image/build.sh, then boot it under qemu-system-arm (tests/image_boot.sh)"
+  bg_wait base-armhf "building the armhf image's root file system"
+  sed 's/^/  base: /' "$BG/base-armhf.log" | grep -E 'base: (==>|root file system built|reusing)' || true
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash image/build.sh 2>&1 | tee /tmp/pispeaker-image.log
+  if [ -n "$ARM64" ]; then
+    # The arm64 image is built in the background while the armhf image boots: after the armhf
+    # build (the two would otherwise both make the development signing pair in image/keys/), once
+    # its base and the aarch64 build are done. Its .deb step only packages what build-aarch64 built.
+    bg image-arm64 10 env "BG=$BG" bash -c 'for job in base-arm64 build-aarch64; do
+        while [ ! -s "$BG/$job.rc" ]; do sleep 2; done
+        [ "$(cat "$BG/$job.rc")" = 0 ] || { echo "error: $job failed (log: $BG/$job.log)" >&2; exit 1; }
+      done
+      exec bash image/build.sh --arch arm64'
+  fi
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot.sh 2>&1 | tee /tmp/pispeaker-image-boot.log
   # The Pi's own boot path: the firmware's choices from config.txt (checked on a hand-made card
   # first, then taken from the image) and a boot on qemu's raspi2b machine.
-  step "SD image: the Pi's boot path (tests/image/pi_firmware_test.sh, tests/image_boot_pi.sh on raspi2b)"
+  step "SD image (armhf): the Pi's boot path (tests/image/pi_firmware_test.sh, tests/image_boot_pi.sh on raspi2b)"
   bash tests/image/pi_firmware_test.sh 2>&1 | tee /tmp/pispeaker-image-firmware.log
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot_pi.sh 2>&1 | tee /tmp/pispeaker-image-boot-pi.log
   # A/B updates in the emulator (issue 14's scenarios): bundles built from this image, installs,
   # power cuts, a rollback; one copy of the image booted ~10 times.
-  step "SD image: updates, power cuts and rollback in the emulator (tests/image_update.sh)"
+  step "SD image (armhf): updates, power cuts and rollback in the emulator (tests/image_update.sh)"
   $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_update.sh 2>&1 | tee /tmp/pispeaker-image-update.log
-  image_passed=$(cat /tmp/pispeaker-image-boot.log /tmp/pispeaker-image-firmware.log /tmp/pispeaker-image-boot-pi.log /tmp/pispeaker-image-update.log | grep -c '^ok: ' || true)
+  image_logs+=(/tmp/pispeaker-image-boot.log /tmp/pispeaker-image-firmware.log /tmp/pispeaker-image-boot-pi.log /tmp/pispeaker-image-update.log)
+  if [ -n "$ARM64" ]; then
+    # The 64-bit image on the Pi 3's boot path (qemu-system-aarch64 -M raspi3b).
+    step "SD image (arm64): built in the background; the Pi's boot path on raspi3b (tests/image_boot_pi.sh --machine raspi3b)"
+    bg_wait image-arm64 "building the arm64 image"
+    grep -E '^(==>|image:|bundle:|image figures:)' "$BG/image-arm64.log" | sed 's/^/  arm64: /' || true
+    $SUDO env "PATH=$PATH" "HOME=$HOME" bash tests/image_boot_pi.sh --machine raspi3b 2>&1 | tee /tmp/pispeaker-image-boot-pi3.log
+    image_logs+=(/tmp/pispeaker-image-boot-pi3.log)
+  fi
+  image_passed=$(cat "${image_logs[@]}" | grep -c '^ok: ' || true)
 fi
 
 echo
-echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0}, image boot checks: $image_passed)"
+echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0}, image boot checks: $image_passed${ARM64:+, armhf and arm64 images})"
 echo "summary: $(( host_passed + ${armv7_passed:-0} + image_passed )) passed, $host_failed failed"
