@@ -31,6 +31,10 @@
 #                                                 update bundle beside the image is signed with the
 #                                                 key. Without them a development pair is made in
 #                                                 image/keys/ (git-ignored) and used, and said so
+#   --xz-level N       PISPEAKER_IMAGE_XZ_LEVEL   xz preset of the .img.xz (default 6, what releases
+#                                                 ship; scripts/test.sh uses 1: its images are only
+#                                                 unpacked again by the boot tests, and -6 of a
+#                                                 2 GiB card is ~3 core-minutes)
 #   --keep-work                                   keep the unpacked trees (for debugging)
 #   --host-tools                                  only install the host tools (step 1), then stop
 #   --base-only                                   only build the cached root file system (steps 1
@@ -52,6 +56,7 @@ NO_CACHE=${PISPEAKER_IMAGE_NO_CACHE:-}
 DEB=${PISPEAKER_IMAGE_DEB:-}
 SIGN_KEY=${PISPEAKER_IMAGE_SIGN_KEY:-}
 SIGN_CERT=${PISPEAKER_IMAGE_SIGN_CERT:-}
+XZ_LEVEL=${PISPEAKER_IMAGE_XZ_LEVEL:-6}
 KEEP_WORK=""
 ONLY=""
 APT_LINES=()
@@ -69,10 +74,11 @@ while [ $# -gt 0 ]; do
     --deb) DEB=$2; shift 2 ;;
     --sign-key) SIGN_KEY=$2; shift 2 ;;
     --sign-cert) SIGN_CERT=$2; shift 2 ;;
+    --xz-level) XZ_LEVEL=$2; shift 2 ;;
     --keep-work) KEEP_WORK=1; shift ;;
     --host-tools) ONLY=host-tools; shift ;;
     --base-only) ONLY=base; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,6 +98,7 @@ case "$ARCH" in
     CODEC_CC=gcc-aarch64-linux-gnu ;;
   *) echo "error: --arch $ARCH: armhf (Pi 2) or arm64 (Pi 3, Pi 4, Zero 2 W)" >&2; exit 2 ;;
 esac
+case "$XZ_LEVEL" in [0-9]) ;; *) echo "error: --xz-level $XZ_LEVEL: a preset from 0 to 9" >&2; exit 2 ;; esac
 if [ ${#APT_LINES[@]} -eq 0 ]; then
   APT_LINES=("deb $MIRROR $SUITE main non-free-firmware" "deb $MIRROR $SUITE-updates main non-free-firmware")
 fi
@@ -416,9 +423,9 @@ truncate -s "$pow2" "$IMG"
 sfdisk -d "$IMG" | sed 's/^/  /'
 
 # ---------------------------------------------------------------------------------------------
-step "compress (xz) and checksum"
+step "compress (xz -$XZ_LEVEL) and checksum"
 rm -f "$OUT/$NAME.img.xz" "$OUT/$NAME.img.xz.sha256"
-xz -T0 -6 -v -c "$IMG" > "$OUT/$NAME.img.xz.partial"
+xz -T0 -"$XZ_LEVEL" -v -c "$IMG" > "$OUT/$NAME.img.xz.partial"
 mv "$OUT/$NAME.img.xz.partial" "$OUT/$NAME.img.xz"
 (cd "$OUT" && sha256sum "$NAME.img.xz" > "$NAME.img.xz.sha256")
 
