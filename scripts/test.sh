@@ -86,7 +86,8 @@ bg() { # name nice command...: runs the command in the background
     $SUDO env "PATH=$PATH" "HOME=$HOME" nice -n "$niceness" "$@" >"$BG/$name.log" 2>&1 || rc=$?
     # The job's wall time and the CPU time of everything it ran (bash's `times`, second line:
     # children's user and system time): what the CI timeline is made of.
-    echo "background job $name: exit $rc after $(( $(date +%s) - t )) s, CPU $(times | tail -n 1)" >>"$BG/$name.log"
+    times >"$BG/$name.times"
+    echo "background job $name: exit $rc after $(( $(date +%s) - t )) s, CPU (user, system) $(tail -n 1 "$BG/$name.times")" >>"$BG/$name.log"
     echo "$rc" >"$BG/$name.rc" ) &
   bg_pids+=($!)
   echo "background: $name (log: $BG/$name.log)"
@@ -196,5 +197,6 @@ fi
 
 echo
 echo "all checks passed in $(( $(date +%s) - started )) s (host tests: $host_passed, armv7 tests under qemu: ${armv7_passed:-0}, image boot checks: $image_passed${ARM64:+, armhf and arm64 images})"
-echo "CPU time of this run (user, system; what it started): $(times | tail -n 1)"
+times >/tmp/pispeaker-ci-times
+echo "CPU time of this run (user, system; everything it started): $(tail -n 1 /tmp/pispeaker-ci-times)"
 echo "summary: $(( host_passed + ${armv7_passed:-0} + image_passed )) passed, $host_failed failed"

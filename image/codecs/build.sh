@@ -16,8 +16,9 @@
 # target's: it checks table sizes for 32-bit ARM; they run under qemu-user). Then every module's
 # vermagic must equal the image's own modules', and every symbol CRC it imports must equal the
 # CRC the image's own sound modules import for the same symbol; any difference stops the build.
-# The image is updated by reflashing (read-only root), so "rebuilt when the kernel changes" is
-# this running in every image build.
+# The image's root is read-only and only ever replaced whole (a new card, or an update bundle
+# made from an image build's root), so "rebuilt when the kernel changes" is this running in every
+# image build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
