@@ -65,7 +65,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 started=$(date +%s)
 
 # The SD images' root file systems (mmdebstrap of Debian armhf and arm64, every maintainer script
-# under qemu-user: ~6 min of mostly one core each when the machine is idle) and the aarch64
+# under qemu-user: armhf's ~6 min of mostly one core when the machine is idle) and the aarch64
 # release build need nothing from the checks below, so they run in the background, niced so the
 # timing-sensitive tests keep their CPU, and the image stages wait for them. Everything apt
 # installs (both cross toolchains, the images' host tools) and cargo-deb (both .deb builds need
@@ -163,7 +163,7 @@ if [ -z "${SKIP_ARMV7:-}" ] && [ -z "${SKIP_IMAGE:-}" ]; then
     # its base and the aarch64 build are done. Its .deb step only packages what build-aarch64 built.
     # Its boot on raspi3b follows in the same job, at normal priority, beside the armhf image's
     # boots and update test: those leave the CPU idle at times (a trial boot waits a minute for a
-    # READY that never comes), and the two stages in turn would be ~5 min longer than CI's hour.
+    # READY that never comes). Run last, after the update test, it made CI ~2 min longer.
     bg arm64 0 env "BG=$BG" "PISPEAKER_IMAGE_XZ_LEVEL=$PISPEAKER_IMAGE_XZ_LEVEL" bash -c 'for job in base-arm64 build-aarch64; do
         while [ ! -s "$BG/$job.rc" ]; do sleep 2; done
         [ "$(cat "$BG/$job.rc")" = 0 ] || { echo "error: $job failed (log: $BG/$job.log)" >&2; exit 1; }
